@@ -1,0 +1,1 @@
+"""Benchmarks for Yijian Hub (run as ``python -m bench.<name>``; not part of the test suite)."""

@@ -1,0 +1,54 @@
+"""The hub's FHIR conformance material, as data, with a small loader.
+
+Everything here is plain FHIR JSON: SearchParameters, the Patient CompartmentDefinition,
+ValueSets for required bindings, NamingSystems, CodeSystems, ConceptMaps, the recognition
+catalogue. This package imports nothing from the rest of the project.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PROFILES_DIR = Path(__file__).parent
+
+FhirJson = dict[str, Any]
+
+
+def load(name: str) -> FhirJson:
+    """Parse one JSON file of this package."""
+    with (PROFILES_DIR / name).open(encoding="utf-8") as handle:
+        data: FhirJson = json.load(handle)
+    return data
+
+
+def bundle_resources(name: str) -> list[FhirJson]:
+    """The resources of a collection Bundle file."""
+    return [entry["resource"] for entry in load(name).get("entry", [])]
+
+
+@cache
+def search_parameters() -> tuple[FhirJson, ...]:
+    """Every SearchParameter the hub supports (R4 definitions, expressions in a subset)."""
+    return tuple(bundle_resources("search-parameters.json"))
+
+
+@cache
+def patient_compartment() -> FhirJson:
+    """The Patient CompartmentDefinition: which parameters put a resource in a patient's record."""
+    return load("compartment-patient.json")
+
+
+@cache
+def required_bindings() -> dict[str, frozenset[str]]:
+    """Element path (``Observation.status``) → the codes its required ValueSet allows."""
+    valuesets = {
+        vs["url"]: frozenset(c["code"] for c in vs.get("expansion", {}).get("contains", []))
+        for vs in bundle_resources("valuesets-required.json")
+    }
+    return {
+        binding["path"]: valuesets[binding["valueSet"]]
+        for binding in load("required-bindings.json")["bindings"]
+    }

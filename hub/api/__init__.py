@@ -1,0 +1,1 @@
+"""HTTP adapters: FastAPI routers that translate HTTP to the service layer and back."""

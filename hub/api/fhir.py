@@ -1,0 +1,352 @@
+"""The FHIR REST API at ``/fhir``: HTTP in, service layer calls, FHIR JSON out."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from hub.api.dependencies import audited, authenticate, get_hub, write_context
+from hub.api.responses import bundle, entry, fhir_response, history_entry, version_headers
+from hub.fhir import capability
+from hub.records import bundles
+from hub.fhir.outcomes import FhirError, bad_request, information
+from hub.fhir.searchparams import RESOURCE_TYPES
+from hub.records.service import SearchResult, check_type
+from hub.records.unit_of_work import unit_of_work
+from hub.runtime import Hub
+from hub.security.principals import Principal
+from hub.storage.resources import Page
+
+router = APIRouter(prefix="/fhir")
+
+
+def fhir_base(request: Request) -> str:
+    hub = get_hub(request)
+    if hub.settings.public_base_url:
+        return hub.settings.public_base_url.rstrip("/") + "/fhir"
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def pretty(request: Request) -> bool:
+    return request.query_params.get("_pretty") == "true"
+
+
+def strict_handling(request: Request) -> bool:
+    return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+
+
+def return_preference(request: Request) -> str:
+    prefer = request.headers.get("prefer", "").replace(" ", "")
+    for part in prefer.split(";"):
+        for item in part.split(","):
+            if item.startswith("return="):
+                return item[len("return="):]
+    return "representation"
+
+
+def redacted_query(hub: Hub, pairs: list[tuple[str, str]]) -> str | None:
+    """The query for the audit log, with identifier values replaced by a keyed hash."""
+    if not pairs:
+        return None
+    out = []
+    for key, value in pairs:
+        if "identifier" in key or key.startswith("_cursor"):
+            digest = hmac.new(hub.audit.key, value.encode(), hashlib.sha256).hexdigest()[:16]
+            value = f"hmac:{digest}"
+        out.append((key, value))
+    return urlencode(out)[:2000]
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    if content_type and "json" not in content_type:
+        raise FhirError(415, "not-supported", f"unsupported content type {content_type!r}; "
+                        "send application/fhir+json")  # fmt: skip
+    body = await request.body()
+    if not body:
+        raise bad_request("the request body is empty", code="structure")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise bad_request(f"the body is not valid JSON: {error}", code="structure") from None
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object (a FHIR resource)", code="structure")
+    return data
+
+
+def query_pairs(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in ("_pretty", "_format")]
+
+
+# -- conformance ------------------------------------------------------------------------------
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    hub = get_hub(request)
+    return fhir_response(capability.capability_statement(hub.registry, fhir_base(request)),
+                         pretty=pretty(request))  # fmt: skip
+
+
+@router.get("/.well-known/smart-configuration")
+async def smart_configuration(request: Request) -> Response:
+    root = fhir_base(request)[: -len("/fhir")]
+    body = {
+        "issuer": get_hub(request).settings.token_issuer,
+        "jwks_uri": f"{root}/auth/jwks.json",
+        "token_endpoint": f"{root}/auth/token",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.*"],
+        "response_types_supported": ["token"],
+        "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
+        "code_challenge_methods_supported": [],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+# -- whole system -------------------------------------------------------------------------------
+
+
+@router.post("")
+async def batch_or_transaction(request: Request, principal: Principal = Depends(authenticate)) -> Response:
+    hub = get_hub(request)
+    body = await read_json(request)
+    kind = body.get("type") if body.get("resourceType") == "Bundle" else None
+    if kind not in ("batch", "transaction"):
+        raise bad_request("POST to the base must be a Bundle of type batch or transaction")
+    async with audited(request, principal, kind, "E") as audit:
+        result = await bundles.process(hub, principal, body, write_context(request, principal),
+                                       fhir_base(request), audit)  # fmt: skip
+    return fhir_response(result, pretty=pretty(request))
+
+
+@router.get("/_history")
+async def system_history(request: Request, principal: Principal = Depends(authenticate)) -> Response:
+    return await _history(request, principal, None, None)
+
+
+# -- type level ----------------------------------------------------------------------------------
+
+
+@router.get("/{resource_type}/_history")
+async def type_history(resource_type: str, request: Request,
+                       principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    return await _history(request, principal, resource_type, None)
+
+
+@router.get("/{resource_type}")
+async def search(resource_type: str, request: Request,
+                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    return await _search(request, principal, resource_type, query_pairs(request))
+
+
+@router.post("/{resource_type}/_search")
+async def search_post(resource_type: str, request: Request,
+                      principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    form = await request.form()
+    pairs = query_pairs(request) + [(k, str(v)) for k, v in form.multi_items()]
+    return await _search(request, principal, resource_type, pairs)
+
+
+@router.post("/{resource_type}")
+async def create(resource_type: str, request: Request,
+                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    check_type(resource_type)
+    async with audited(request, principal, "create", "C") as audit:
+        resource = await read_json(request)
+        async with unit_of_work(hub.database, write=True) as uow:
+            outcome = await hub.records.create(uow, principal, resource_type, resource,
+                                               write_context(request, principal),
+                                               request.headers.get("if-none-exist"))  # fmt: skip
+        audit.capture(uow)
+        audit.status = 201 if outcome.created else 200
+    return _write_response(request, outcome.stored, 201 if outcome.created else 200)
+
+
+@router.put("/{resource_type}")
+async def conditional_update(resource_type: str, request: Request,
+                             principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    check_type(resource_type)
+    pairs = query_pairs(request)
+    if not pairs:
+        raise bad_request("a conditional update needs search criteria in the URL")
+    async with audited(request, principal, "update", "U", redacted_query(hub, pairs)) as audit:
+        resource = await read_json(request)
+        async with unit_of_work(hub.database, write=True) as uow:
+            outcome = await hub.records.conditional_update(uow, principal, resource_type, pairs,
+                                                           resource, write_context(request, principal))  # fmt: skip
+        audit.capture(uow)
+        audit.status = 201 if outcome.created else 200
+    return _write_response(request, outcome.stored, audit.status)
+
+
+# -- instance level ------------------------------------------------------------------------------
+
+
+@router.get("/Patient/{patient_id}/$everything")
+@router.post("/Patient/{patient_id}/$everything")
+async def patient_everything(patient_id: str, request: Request,
+                             principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    query = dict(query_pairs(request))
+    async with audited(request, principal, "operation:everything", "R") as audit:
+        async with unit_of_work(hub.database, write=False) as uow:
+            page, referenced = await hub.records.everything(uow, principal, patient_id, query,
+                                                            hub.settings.search_default_count)  # fmt: skip
+        audit.capture(uow)
+    base = fhir_base(request)
+    links = _links(f"{base}/Patient/{patient_id}/$everything",
+                   [(k, v) for k, v in query.items() if k != "_cursor"], page)  # fmt: skip
+    entries = [entry(s, base, "match") for s in page.rows] + [entry(s, base, "include") for s in referenced]
+    total = len(page.rows) if "_cursor" not in query and page.next_cursor is None else None
+    return fhir_response(bundle("searchset", entries, links, total), pretty=pretty(request))
+
+
+@router.get("/{resource_type}/{resource_id}")
+async def read(resource_type: str, resource_id: str, request: Request,
+               principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    async with audited(request, principal, "read", "R") as audit:
+        async with unit_of_work(hub.database, write=False) as uow:
+            stored = await hub.records.read(uow, principal, resource_type, resource_id)
+        audit.capture(uow)
+    headers = version_headers(stored, fhir_base(request))
+    del headers["Location"]
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return fhir_response(stored.content or "", headers=headers, pretty=pretty(request))
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(resource_type: str, resource_id: str, request: Request,
+                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    check_type(resource_type)
+    async with audited(request, principal, "update", "U") as audit:
+        resource = await read_json(request)
+        async with unit_of_work(hub.database, write=True) as uow:
+            outcome = await hub.records.update(uow, principal, resource_type, resource_id, resource,
+                                               write_context(request, principal),
+                                               request.headers.get("if-match"))  # fmt: skip
+        audit.capture(uow)
+        audit.status = 201 if outcome.created else 200
+    return _write_response(request, outcome.stored, audit.status)
+
+
+@router.delete("/{resource_type}/{resource_id}")
+async def delete(resource_type: str, resource_id: str, request: Request,
+                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    async with audited(request, principal, "delete", "D") as audit:
+        async with unit_of_work(hub.database, write=True) as uow:
+            await hub.records.delete(uow, principal, resource_type, resource_id,
+                                     write_context(request, principal))  # fmt: skip
+        audit.capture(uow)
+        audit.status = 204
+    return Response(status_code=204)
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+async def instance_history(resource_type: str, resource_id: str, request: Request,
+                           principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    return await _history(request, principal, resource_type, resource_id)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}")
+async def vread(resource_type: str, resource_id: str, version_id: str, request: Request,
+                principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    async with audited(request, principal, "vread", "R") as audit:
+        async with unit_of_work(hub.database, write=False) as uow:
+            stored = await hub.records.vread(uow, principal, resource_type, resource_id, version_id)
+        audit.capture(uow)
+    headers = version_headers(stored, fhir_base(request))
+    del headers["Location"]
+    return fhir_response(stored.content or "", headers=headers, pretty=pretty(request))
+
+
+# -- shared ------------------------------------------------------------------------------------
+
+
+def _write_response(request: Request, stored: Any, status: int) -> Response:
+    headers = version_headers(stored, fhir_base(request))
+    preference = return_preference(request)
+    if preference == "minimal":
+        return Response(status_code=status, headers=headers)
+    if preference == "OperationOutcome":
+        return fhir_response(information(f"{stored.resource_type}/{stored.resource_id} stored"),
+                             status, headers)  # fmt: skip
+    return fhir_response(stored.content, status, headers, pretty=pretty(request))
+
+
+async def _search(request: Request, principal: Principal, resource_type: str,
+                  pairs: list[tuple[str, str]]) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    check_type(resource_type)
+    async with audited(request, principal, "search-type", "E", redacted_query(hub, pairs)) as audit:
+        async with unit_of_work(hub.database, write=False) as uow:
+            result = await hub.records.search(uow, principal, resource_type, pairs,
+                                              strict_handling(request))  # fmt: skip
+        audit.capture(uow)
+    return fhir_response(search_bundle(result, fhir_base(request), resource_type),
+                         pretty=pretty(request))  # fmt: skip
+
+
+def search_bundle(result: SearchResult, base: str, resource_type: str) -> dict[str, Any]:
+    request = result.request
+    used = [(k, v) for k, v in request.used if k != "_cursor"]
+    links = _links(f"{base}/{resource_type}", used, result.page,
+                   self_cursor=request.cursor.encode() if request.cursor else None)  # fmt: skip
+    entries = [entry(s, base, "match", request.elements) for s in result.page.rows]
+    entries += [entry(s, base, "include", request.elements) for s in result.included]
+    if request.ignored:
+        entries.append({"resource": information(
+            "ignored unknown search parameters: " + ", ".join(sorted(set(request.ignored)))),
+            "search": {"mode": "outcome"}})  # fmt: skip
+    return bundle("searchset", entries, links, result.total)
+
+
+def _links(url: str, used: list[tuple[str, str]], page: Page,
+           self_cursor: str | None = None) -> list[tuple[str, str]]:  # fmt: skip
+    def link(cursor: str | None) -> str:
+        params = used + ([("_cursor", cursor)] if cursor else [])
+        return f"{url}?{urlencode(params)}" if params else url
+
+    links = [("self", link(self_cursor))]
+    if page.next_cursor is not None:
+        links.append(("next", link(page.next_cursor.encode())))
+    if page.previous_cursor is not None:
+        links.append(("previous", link(page.previous_cursor.encode())))
+    return links
+
+
+async def _history(request: Request, principal: Principal, resource_type: str | None,
+                   resource_id: str | None) -> Response:  # fmt: skip
+    hub = get_hub(request)
+    if resource_type:
+        check_type(resource_type)
+    query = dict(query_pairs(request))
+    interaction = "history-instance" if resource_id else ("history-type" if resource_type else "history-system")
+    async with audited(request, principal, interaction, "R") as audit:
+        async with unit_of_work(hub.database, write=False) as uow:
+            page = await hub.records.history(uow, principal, resource_type, resource_id, query,
+                                             hub.settings.search_default_count)  # fmt: skip
+        audit.capture(uow)
+    base = fhir_base(request)
+    url = "/".join(p for p in (base, resource_type, resource_id, "_history") if p)
+    used = [(k, v) for k, v in query.items() if k != "_cursor"]
+    links = _links(url, used, page, query.get("_cursor"))
+    return fhir_response(bundle("history", [history_entry(s, base) for s in page.rows], links),
+                         pretty=pretty(request))  # fmt: skip
+
+
+__all__ = ["RESOURCE_TYPES", "router"]

@@ -1,0 +1,115 @@
+"""ASGI middleware: request ids, JSON access logs, Prometheus metrics and the body-size limit.
+
+Written as plain ASGI (not BaseHTTPMiddleware) to keep per-request overhead small.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("yijian.access")
+
+REQUESTS = Counter("yijian_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "yijian_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ObservabilityMiddleware:
+    """Assigns a request id, enforces the body limit, logs one JSON line and records metrics."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        limit = self.max_body_bytes
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, request_id, limit)
+            self._finish(scope, 413, started, request_id)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except BodyTooLarge:
+            status = 413
+            await _too_large(send, request_id, limit)
+        finally:
+            self._finish(scope, status, started, request_id)
+
+    def _finish(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        route = _route(scope)
+        method = scope["method"]
+        REQUESTS.labels(method, route, str(status)).inc()
+        LATENCY.labels(method, route).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            state = scope.get("state", {})
+            principal = state.get("principal")
+            # The route template, never the raw path or query: those may carry identifiers.
+            access_log.info(orjson.dumps({
+                "event": "request", "request_id": request_id, "method": method, "route": route,
+                "status": status, "ms": round(elapsed * 1000, 2),
+                "client_id": getattr(principal, "client_id", None),
+            }).decode())  # fmt: skip
+
+
+def _route(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+async def _too_large(send: Send, request_id: str, limit: int) -> None:
+    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "too-long",
+        "diagnostics": f"the request body exceeds the limit of {limit} bytes"}]})  # fmt: skip
+    try:
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/fhir+json; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
+            (b"connection", b"close")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # noqa: BLE001 — the response may already have started
+        logging.getLogger(__name__).debug("could not send 413", exc_info=True)

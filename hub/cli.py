@@ -1,0 +1,300 @@
+"""The ``yijian`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from hub.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(work())  # type: ignore[arg-type]
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _database_url(settings: Settings) -> str:
+    from hub.storage.database import resolve_database_url
+
+    return resolve_database_url(settings)
+
+
+@click.group()
+@click.version_option(package_name="yijian-hub")
+def main() -> None:
+    """Yijian Hub (医检互认平台): mutual recognition of lab and imaging results."""
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="interface to bind (default 127.0.0.1)")
+@click.option("--port", default=None, type=int, help="port (default 8000)")
+@click.option("--workers", default=1, show_default=True, help="worker processes")
+@click.option("--migrate/--no-migrate", default=True, show_default=True,
+              help="apply database migrations first")  # fmt: skip
+def serve(host: str | None, port: int | None, workers: int, migrate: bool) -> None:
+    """Run the HTTP API and web UI."""
+    import uvicorn
+
+    from hub import logs
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    url = _database_url(settings)
+    os.environ["YIJIAN_DATABASE_URL"] = url  # workers share the (possibly embedded) server
+    if migrate:
+        from hub.storage.migrate import upgrade
+
+        upgrade(url)
+    uvicorn.run("hub.api.asgi:create", factory=True, host=host or settings.host,
+                port=port or settings.port, workers=workers, log_config=None,
+                access_log=False, timeout_graceful_shutdown=20, proxy_headers=False)  # fmt: skip
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply schema migrations (safe to repeat)."""
+    from hub.storage.migrate import upgrade
+
+    upgrade(_database_url(_settings()))
+    click.echo("database schema is up to date")
+
+
+# -- organizations and clients -----------------------------------------------------------------
+
+
+class _Admin:
+    """A CLI session: the database, the record service and the audit chain, as an operator."""
+
+    def __init__(self) -> None:
+        from hub.runtime import Hub
+        from hub.security.principals import ClientKind, Principal
+
+        settings = _settings()
+        os.environ.setdefault("YIJIAN_DATABASE_URL", _database_url(settings))
+        self.hub = Hub.build(load_settings())
+        user = os.environ.get("USER", "operator")
+        self.principal = Principal(f"cli:{user}", f"yijian CLI ({user})", ClientKind.ADMIN,
+                                   "hub", frozenset({"system/*.cruds"}))  # fmt: skip
+
+    async def audit(self, action: str, interaction: str, entities: list[str], status: int = 200,
+                    detail: str | None = None) -> None:  # fmt: skip
+        from hub.security.audit import AuditRecord
+
+        await self.hub.audit.write_now([AuditRecord.for_status(
+            status, action=action, interaction=interaction, client_id=self.principal.client_id,
+            client_kind="admin", organization="hub", source_ip="cli", entities=entities,
+            detail=detail)])  # fmt: skip
+
+    async def close(self) -> None:
+        await self.hub.database.dispose()
+
+
+def _admin_command(work: Callable[[_Admin], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        admin = _Admin()
+        try:
+            return await work(admin)
+        finally:
+            await admin.close()
+
+    return _run(run)
+
+
+@main.group()
+def orgs() -> None:
+    """Hospitals and other organizations (FHIR Organization)."""
+
+
+@orgs.command("add")
+@click.option("--name", required=True, help="organization name, e.g. 杭州市第一人民医院")
+@click.option("--identifier", required=True, help="SYSTEM|VALUE, e.g. the USCC or hospital code")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def orgs_add(name: str, identifier: str, as_json: bool) -> None:
+    """Register an organization; running it again with the same identifier changes nothing."""
+    system, sep, value = identifier.partition("|")
+    if not sep or not system or not value:
+        raise click.BadParameter("must be SYSTEM|VALUE", param_hint="--identifier")
+
+    async def work(admin: _Admin) -> Any:
+        from hub.records.unit_of_work import unit_of_work
+        from hub.storage.resources import WriteContext
+
+        resource = {"resourceType": "Organization", "active": True, "name": name,
+                    "identifier": [{"system": system, "value": value}]}  # fmt: skip
+        async with unit_of_work(admin.hub.database, write=True) as uow:
+            outcome = await admin.hub.records.create(
+                uow, admin.principal, "Organization", resource,
+                WriteContext(admin.principal.client_id, "hub", None),
+                if_none_exist=f"identifier={system}|{value}",
+            )
+        await admin.audit("C", "create", uow.entities)
+        return outcome
+
+    from hub.fhir.outcomes import FhirError
+
+    try:
+        outcome = _admin_command(work)
+    except FhirError as error:
+        raise click.ClickException(error.diagnostics) from None
+    stored = outcome.stored
+    if as_json:
+        click.echo(json.dumps({"id": stored.resource_id, "name": name, "identifier": identifier,
+                               "created": outcome.created}, ensure_ascii=False))  # fmt: skip
+    else:
+        verb = "registered" if outcome.created else "already registered"
+        click.echo(f"Organization/{stored.resource_id} {verb}: {name}")
+
+
+@main.group()
+def clients() -> None:
+    """API clients (OAuth 2.0 client credentials)."""
+
+
+@clients.command("add")
+@click.option("--kind", required=True, type=click.Choice(["hospital", "doctor", "consultant", "admin"]))
+@click.option("--organization", required=True, help="Organization id the client acts for")
+@click.option("--name", required=True)
+@click.option("--scope", default=None, help="SMART scopes (default depends on --kind)")
+@click.option("--json", "as_json", is_flag=True)
+def clients_add(kind: str, organization: str, name: str, scope: str | None, as_json: bool) -> None:
+    """Register a client. Its secret is printed once and stored only as a hash."""
+    from hub.security.clients import ClientRegistry
+    from hub.security.principals import ClientKind
+
+    async def work(admin: _Admin) -> Any:
+        async with admin.hub.database.connection() as conn:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
+                "AND NOT deleted", organization)  # fmt: skip
+            if not exists:
+                raise click.ClickException(f"Organization/{organization} is not registered "
+                                           "(yijian orgs add)")  # fmt: skip
+            try:
+                record, secret = await ClientRegistry(conn).add(ClientKind(kind), organization, name, scope)
+            except ValueError as error:
+                raise click.ClickException(str(error)) from None
+        await admin.audit("C", "client-add", [f"client/{record.client_id}"])
+        return record, secret
+
+    record, secret = _admin_command(work)
+    if as_json:
+        click.echo(json.dumps({"client_id": record.client_id, "client_secret": secret,
+                               "kind": kind, "organization": organization, "name": name,
+                               "scope": " ".join(sorted(record.scopes))}, ensure_ascii=False))  # fmt: skip
+    else:
+        click.echo(f"client_id:     {record.client_id}\nclient_secret: {secret}\n"
+                   f"scope:         {' '.join(sorted(record.scopes))}\n"
+                   "(the secret is shown only now; store it safely)")  # fmt: skip
+
+
+@clients.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def clients_list(as_json: bool) -> None:
+    """List registered clients (never their secrets)."""
+    from hub.security.clients import ClientRegistry
+
+    async def work(admin: _Admin) -> Any:
+        async with admin.hub.database.connection() as conn:
+            return await ClientRegistry(conn).list()
+
+    records = _admin_command(work)
+    rows = [{"client_id": r.client_id, "name": r.name, "kind": str(r.kind),
+             "organization": r.organization, "scope": " ".join(sorted(r.scopes)),
+             "created": r.created_at.isoformat(),
+             "revoked": r.revoked_at.isoformat() if r.revoked_at else None} for r in records]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked']}" if row["revoked"] else "active"
+        click.echo(f"{row['client_id']}\t{row['kind']}\tOrganization/{row['organization']}\t"
+                   f"{row['name']}\t{state}")  # fmt: skip
+
+
+@clients.command("revoke")
+@click.argument("client_id")
+def clients_revoke(client_id: str) -> None:
+    """Revoke a client: no new tokens, and its existing tokens stop working within seconds."""
+    from hub.security.clients import ClientRegistry
+
+    async def work(admin: _Admin) -> bool:
+        async with admin.hub.database.connection() as conn:
+            done = await ClientRegistry(conn).revoke(client_id)
+        await admin.audit("D", "client-revoke", [f"client/{client_id}"], 200 if done else 404)
+        return done
+
+    if not _admin_command(work):
+        raise click.ClickException(f"no active client {client_id}")
+    click.echo(f"revoked {client_id}")
+
+
+# -- audit and keys --------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check every audit hash chain; exit 1 if any record was edited or deleted."""
+    from hub.security.audit import verify
+
+    async def work(admin: _Admin) -> Any:
+        async with admin.hub.database.connection() as conn:
+            return await verify(conn, admin.hub.audit.key)
+
+    report = _admin_command(work)
+    for problem in report.problems:
+        click.echo(f"TAMPERED: {problem}", err=True)
+    click.echo(f"{report.chains} chains, {report.records} records: "
+               + ("intact" if report.ok else f"{len(report.problems)} problems"))  # fmt: skip
+    sys.exit(0 if report.ok else 1)
+
+
+@main.group()
+def keys() -> None:
+    """Token signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Add a new signing key; older keys keep verifying until removed."""
+    from hub.security.keys import KeyRing
+
+    key = KeyRing(_settings().resolved_keys_dir).rotate()
+    click.echo(f"new signing key {key.kid}; restart API processes to sign with it")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def demo(host: str, port: int) -> None:
+    """Run everything on one machine with demo data from several simulated hospitals."""
+    from hub.demo import run_demo
+
+    run_demo(host, port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Batch and transaction Bundles.
+
+A transaction runs in one unit of work: entries are processed in the order FHIR prescribes
+(DELETE, POST, PUT, GET), ``urn:uuid`` full URLs are resolved to the ids the hub assigns
+(or to the resource a conditional create matched) and rewritten wherever they are referenced,
+and any failure rolls the whole transaction back. A batch runs each entry on its own savepoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from hub.api.responses import bundle
+from hub.fhir.outcomes import FhirError, bad_request
+from hub.records.unit_of_work import UnitOfWork, unit_of_work
+from hub.storage.resources import StoredResource, WriteContext
+
+if TYPE_CHECKING:
+    from hub.api.dependencies import AuditScope
+    from hub.runtime import Hub
+    from hub.security.principals import Principal
+
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+MAX_ENTRIES = 10_000
+
+
+async def process(hub: Hub, principal: Principal, body: dict[str, Any], context: WriteContext,
+                  base: str, audit: AuditScope) -> dict[str, Any]:  # fmt: skip
+    entries = body.get("entry") or []
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
+    for index, item in enumerate(entries):
+        request = item.get("request") if isinstance(item, dict) else None
+        if not isinstance(request, dict) or request.get("method") not in ORDER or not request.get("url"):
+            raise bad_request(f"Bundle.entry[{index}].request needs a method and url",
+                              code="structure")  # fmt: skip
+    if body["type"] == "transaction":
+        return await _transaction(hub, principal, entries, context, base, audit)
+    return await _batch(hub, principal, entries, context, base, audit)
+
+
+async def _transaction(hub: Hub, principal: Principal, entries: list[dict[str, Any]],
+                       context: WriteContext, base: str, audit: AuditScope) -> dict[str, Any]:  # fmt: skip
+    order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
+    responses: list[dict[str, Any] | None] = [None] * len(entries)
+    mapping = _assign_ids(entries)
+    async with unit_of_work(hub.database, write=True) as uow:
+        matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
+        for index in order:
+            try:
+                if index in matched:
+                    responses[index] = _response(matched[index], base, 200)
+                    continue
+                responses[index] = await _entry(hub, principal, uow, entries[index], context,
+                                                base, mapping)  # fmt: skip
+            except FhirError as error:
+                error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
+                raise
+        audit.capture(uow)
+    return bundle("transaction-response", [r for r in responses if r is not None])
+
+
+async def _resolve_conditional_creates(hub: Hub, principal: Principal, uow: UnitOfWork,
+                                       entries: list[dict[str, Any]], mapping: dict[str, str]
+                                       ) -> dict[int, StoredResource]:  # fmt: skip
+    """Match every conditional create first, so references to it point at what it matched."""
+    matched = {}
+    for index, item in enumerate(entries):
+        request = item["request"]
+        if request["method"] != "POST" or not request.get("ifNoneExist"):
+            continue
+        resource_type = request["url"].split("?", 1)[0].strip("/")
+        try:
+            existing = await hub.records.match_if_none_exist(uow, principal, resource_type,
+                                                             request["ifNoneExist"])  # fmt: skip
+        except FhirError as error:
+            error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
+            raise
+        if existing is not None:
+            matched[index] = existing
+            if isinstance(item.get("fullUrl"), str):
+                mapping[item["fullUrl"]] = f"{resource_type}/{existing.resource_id}"
+    return matched
+
+
+async def _batch(hub: Hub, principal: Principal, entries: list[dict[str, Any]],
+                 context: WriteContext, base: str, audit: AuditScope) -> dict[str, Any]:  # fmt: skip
+    responses = []
+    for item in entries:
+        try:
+            async with unit_of_work(hub.database, write=True) as uow:
+                responses.append(await _entry(hub, principal, uow, item, context, base, {}))
+            audit.capture(uow)
+        except FhirError as error:
+            responses.append({"response": {"status": f"{error.status}", "outcome": error.outcome()}})
+    return bundle("batch-response", responses)
+
+
+def _assign_ids(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Map each POST entry's ``urn:uuid`` fullUrl to the ``Type/id`` it will be stored as."""
+    mapping = {}
+    for item in entries:
+        full_url = item.get("fullUrl")
+        resource = item.get("resource")
+        if (isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)
+                and item["request"]["method"] == "POST"):  # fmt: skip
+            mapping[full_url] = f"{resource.get('resourceType')}/{uuid.uuid4()}"
+        elif isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict):
+            url = item["request"]["url"]
+            mapping[full_url] = url.split("?", 1)[0]
+    return mapping
+
+
+def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and item in mapping:
+                out[key] = mapping[item]
+            else:
+                out[key] = _rewrite(item, mapping)
+        return out
+    if isinstance(value, list):
+        return [_rewrite(item, mapping) for item in value]
+    return value
+
+
+def _unresolved(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and item.startswith("urn:uuid:"):
+                return item
+            if (found := _unresolved(item)) is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            if (found := _unresolved(item)) is not None:
+                return found
+    return None
+
+
+async def _entry(hub: Hub, principal: Principal, uow: UnitOfWork, item: dict[str, Any],
+                 context: WriteContext, base: str, mapping: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    request = item["request"]
+    method = request["method"]
+    url = request["url"]
+    if url.startswith(base + "/"):
+        url = url[len(base) + 1 :]
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    records = hub.records
+    if method in ("POST", "PUT"):
+        resource = item.get("resource")
+        if not isinstance(resource, dict):
+            raise bad_request(f"{method} entry needs a resource", code="structure")
+        resource = _rewrite(resource, mapping)
+        if (dangling := _unresolved(resource)) is not None:
+            raise FhirError(422, "not-found", f"reference {dangling} is not resolved in this Bundle")
+        if method == "POST":
+            if len(path) != 1:
+                raise bad_request(f"POST url must be a resource type: {url!r}")
+            full_url = item.get("fullUrl")
+            assigned = mapping.get(full_url) if isinstance(full_url, str) else None
+            outcome = await records.create(
+                uow, principal, path[0], {k: v for k, v in resource.items() if k != "id"},
+                context, resource_id=assigned.split("/", 1)[1] if assigned else None,
+            )
+            return _response(outcome.stored, base, 201)
+        if len(path) == 2:
+            result = await records.update(uow, principal, path[0], path[1], resource, context,
+                                          request.get("ifMatch"))  # fmt: skip
+        elif len(path) == 1 and parts.query:
+            result = await records.conditional_update(uow, principal, path[0],
+                                                      parse_qsl(parts.query), resource, context)  # fmt: skip
+        else:
+            raise bad_request(f"PUT url must be Type/id or Type?criteria: {url!r}")
+        return _response(result.stored, base, 201 if result.created else 200)
+    if method == "DELETE":
+        if len(path) != 2:
+            raise bad_request(f"DELETE url must be Type/id: {url!r}")
+        await records.delete(uow, principal, path[0], path[1], context)
+        return {"response": {"status": "204 No Content"}}
+    if len(path) == 2:
+        stored = await records.read(uow, principal, path[0], path[1])
+        return {**_response(stored, base, 200), "resource": _resource(stored)}
+    if len(path) == 1:
+        from hub.api.fhir import search_bundle
+
+        result = await records.search(uow, principal, path[0], parse_qsl(parts.query), strict=False)
+        return {"resource": search_bundle(result, base, path[0]), "response": {"status": "200 OK"}}
+    raise bad_request(f"unsupported GET url in Bundle: {url!r}")
+
+
+def _resource(stored: StoredResource) -> Any:
+    import orjson
+
+    return orjson.Fragment(stored.content or "{}")
+
+
+def _response(stored: StoredResource, base: str, status: int) -> dict[str, Any]:
+    from hub.fhir.datetimes import instant
+
+    text = {200: "200 OK", 201: "201 Created"}[status]
+    return {
+        "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
+        "response": {
+            "status": text,
+            "location": f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}",
+            "etag": f'W/"{stored.version_id}"',
+            "lastModified": instant(stored.last_updated),
+        },
+    }

@@ -1,0 +1,398 @@
+"""FHIR interactions on stored records: read, write, search, history and ``$everything``.
+
+Each method takes the calling ``Principal`` and a ``UnitOfWork``; it applies the authorization
+policy, validates, maintains versions and indexes through the repository, and notes the
+entities and patients touched so the caller can audit them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+import fhir_profiles
+from hub.fhir import validation
+from hub.fhir.datetimes import instant
+from hub.fhir.indexing import Indexer, split_reference
+from hub.fhir.outcomes import FhirError, bad_request, gone, not_found
+from hub.fhir.paths import CompiledPath, compile_expression
+from hub.fhir.search import Cursor, SearchParser, SearchRequest
+from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
+from hub.records.unit_of_work import UnitOfWork
+from hub.security import policy
+from hub.security.principals import Principal
+from hub.security.scopes import CREATE, DELETE, READ, SEARCH, UPDATE
+from hub.storage.resources import Page, StoredResource, WriteContext
+
+MAX_INCLUDED = 1000
+INCLUDE_ITERATIONS = 3
+# The clinical date of each type, for $everything's start/end.
+CLINICAL_DATES = {
+    "Observation": "date", "DiagnosticReport": "date", "Encounter": "date",
+    "ImagingStudy": "started", "ServiceRequest": "authored", "Specimen": "collected",
+    "Consent": "date", "Provenance": "recorded", "Basic": "created",
+}  # fmt: skip
+
+
+@dataclass
+class WriteOutcome:
+    stored: StoredResource
+    created: bool  # 201 rather than 200
+    changed: bool = True  # False when a conditional create matched an existing resource
+
+
+@dataclass
+class SearchResult:
+    request: SearchRequest
+    page: Page
+    included: list[StoredResource] = field(default_factory=list)
+    total: int | None = None
+
+
+class RecordService:
+    """The FHIR record operations of the hub."""
+
+    def __init__(self, registry: SearchParamRegistry, indexer: Indexer, parser: SearchParser):
+        self.registry = registry
+        self.indexer = indexer
+        self.parser = parser
+        compartment = fhir_profiles.patient_compartment()
+        self.compartment_members = [
+            (entry["code"], param)
+            for entry in compartment.get("resource", [])
+            for param in entry.get("param", [])
+        ]
+        self._patient_paths: dict[str, CompiledPath] = {}
+        for resource_type, param in self.compartment_members:
+            definition = registry.get(resource_type, param)
+            if definition and definition.path:
+                path = self._patient_paths.get(resource_type)
+                expression = definition.path.expression
+                if path is not None:
+                    expression = f"{path.expression} | {expression}"
+                self._patient_paths[resource_type] = compile_expression(expression).for_type(
+                    resource_type
+                )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def read(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                   resource_id: str) -> StoredResource:  # fmt: skip
+        check_type(resource_type)
+        policy.require(principal, resource_type, READ)
+        stored = await uow.resources.current(resource_type, resource_id)
+        if stored is None or not policy.may_read_row(principal, resource_type, stored.owner_org):
+            raise not_found(resource_type, resource_id)
+        if stored.deleted:
+            raise gone(resource_type, resource_id)
+        self.note(uow, stored)
+        return stored
+
+    async def vread(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                    resource_id: str, version: str) -> StoredResource:  # fmt: skip
+        check_type(resource_type)
+        policy.require(principal, resource_type, READ)
+        if not version.isdigit():
+            raise not_found(resource_type, f"{resource_id}/_history/{version}")
+        stored = await uow.resources.version(resource_type, resource_id, int(version))
+        if stored is None or not policy.may_read_row(principal, resource_type, stored.owner_org):
+            raise not_found(resource_type, f"{resource_id}/_history/{version}")
+        if stored.deleted:
+            raise gone(resource_type, f"{resource_id}/_history/{version}")
+        self.note(uow, stored)
+        return stored
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def create(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                     resource: dict[str, Any], context: WriteContext,
+                     if_none_exist: str | None = None,
+                     resource_id: str | None = None) -> WriteOutcome:  # fmt: skip
+        """Create with a new id (or ``resource_id``, assigned by a transaction)."""
+        check_type(resource_type)
+        policy.require(principal, resource_type, CREATE)
+        validation.validate(resource, resource_type)
+        if if_none_exist:
+            existing = await self.match_if_none_exist(uow, principal, resource_type, if_none_exist)
+            if existing is not None:
+                return WriteOutcome(existing, created=False, changed=False)
+        owner = policy.owner_for_write(principal, resource, None, exists=False)
+        resource_id = resource_id or str(uuid.uuid4())
+        stored = await self._write(uow, resource_type, resource_id, 1, resource, context,
+                                   method="POST", owner=owner)  # fmt: skip
+        return WriteOutcome(stored, created=True)
+
+    async def match_if_none_exist(self, uow: UnitOfWork, principal: Principal,
+                                  resource_type: str, criteria: str) -> StoredResource | None:  # fmt: skip
+        """The resource an If-None-Exist condition matches; 412 if it matches several."""
+        check_type(resource_type)
+        existing = await self._conditional_match(uow, principal, resource_type, criteria)
+        if len(existing) > 1:
+            raise FhirError(412, "multiple-matches",
+                            f"If-None-Exist matched {len(existing)} {resource_type} resources")  # fmt: skip
+        if existing:
+            self.note(uow, existing[0])
+            return existing[0]
+        return None
+
+    async def update(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                     resource_id: str, resource: dict[str, Any], context: WriteContext,
+                     if_match: str | None = None) -> WriteOutcome:  # fmt: skip
+        check_type(resource_type)
+        if resource.get("id") != resource_id:
+            raise bad_request(f"the resource id ({resource.get('id')!r}) must match the URL "
+                              f"({resource_id!r})")  # fmt: skip
+        validation.validate(resource, resource_type)
+        current = await uow.resources.current(resource_type, resource_id, lock=True)
+        exists = current is not None and not current.deleted
+        policy.require(principal, resource_type, UPDATE if exists else CREATE)
+        if current is not None and not policy.may_read_row(principal, resource_type, current.owner_org):
+            raise policy.forbidden(f"{resource_type}/{resource_id} belongs to another organization")
+        if if_match is not None:
+            expected = parse_etag(if_match)
+            if current is None or current.deleted or str(current.version_id) != expected:
+                have = "none" if current is None or current.deleted else current.version_id
+                raise FhirError(412, "conflict", f"If-Match {if_match} does not match the current "
+                                f"version ({have}) of {resource_type}/{resource_id}")  # fmt: skip
+        owner = policy.owner_for_write(principal, resource, current.owner_org if current else None,
+                                       exists=exists)  # fmt: skip
+        version = current.version_id + 1 if current else 1
+        stored = await self._write(uow, resource_type, resource_id, version, resource, context,
+                                   method="PUT", owner=owner,
+                                   existing_pk=current.pk if current else None)  # fmt: skip
+        return WriteOutcome(stored, created=not exists)
+
+    async def conditional_update(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                                 query: list[tuple[str, str]], resource: dict[str, Any],
+                                 context: WriteContext) -> WriteOutcome:  # fmt: skip
+        check_type(resource_type)
+        from urllib.parse import urlencode
+
+        matches = await self._conditional_match(uow, principal, resource_type, urlencode(query))
+        if len(matches) > 1:
+            raise FhirError(412, "multiple-matches",
+                            f"the conditional update matched {len(matches)} resources")  # fmt: skip
+        if matches:
+            resource_id = matches[0].resource_id
+            if resource.get("id") not in (None, resource_id):
+                raise bad_request("the resource id does not match the resource found")
+            return await self.update(uow, principal, resource_type, resource_id,
+                                     {**resource, "id": resource_id}, context)  # fmt: skip
+        if "id" in resource:
+            return await self.update(uow, principal, resource_type, resource["id"], resource, context)
+        return await self.create(uow, principal, resource_type, resource, context)
+
+    async def delete(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                     resource_id: str, context: WriteContext) -> bool:  # fmt: skip
+        """Delete; False when it was already deleted (still a success)."""
+        check_type(resource_type)
+        policy.require(principal, resource_type, DELETE)
+        current = await uow.resources.current(resource_type, resource_id, lock=True)
+        if current is None or not policy.may_read_row(principal, resource_type, current.owner_org):
+            raise not_found(resource_type, resource_id)
+        if current.deleted:
+            return False
+        now = datetime.now(UTC)
+        await uow.resources.write(resource_type, resource_id, current.version_id + 1, now, None,
+                                  self.indexer.index({"resourceType": resource_type}),
+                                  method="DELETE", owner_org=current.owner_org, context=context,
+                                  existing_pk=current.pk)  # fmt: skip
+        uow.entities.append(f"{resource_type}/{resource_id}/_history/{current.version_id + 1}")
+        return True
+
+    async def _write(self, uow: UnitOfWork, resource_type: str, resource_id: str, version: int,
+                     resource: dict[str, Any], context: WriteContext, *, method: str,
+                     owner: str | None, existing_pk: int | None = None) -> StoredResource:  # fmt: skip
+        now = datetime.now(UTC)
+        meta = {k: v for k, v in (resource.get("meta") or {}).items()
+                if k not in ("versionId", "lastUpdated")}  # fmt: skip
+        body = {"resourceType": resource_type, "id": resource_id,
+                "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta}}  # fmt: skip
+        body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+        rows = self.indexer.index(body)
+        uow.references |= {r for r in rows.references() if r != (resource_type, resource_id)}
+        content = orjson.dumps(body).decode()
+        pk = await uow.resources.write(resource_type, resource_id, version, now, content, rows,
+                                       method=method, owner_org=owner, context=context,
+                                       existing_pk=existing_pk)  # fmt: skip
+        stored = StoredResource(pk, resource_type, resource_id, version, now, content, False, owner)
+        self.note(uow, stored, body)
+        return stored
+
+    async def _conditional_match(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                                 criteria: str) -> list[StoredResource]:  # fmt: skip
+        from urllib.parse import parse_qsl
+
+        query = parse_qsl(criteria.lstrip("?").split("?", 1)[-1], keep_blank_values=True)
+        if not query:
+            raise bad_request("conditional criteria are empty")
+        request = self.parser.parse(resource_type, query, strict=True)
+        request.count = 2
+        # Serialise concurrent conditional writes of the same criteria: no duplicate on replay.
+        await uow.resources.advisory_lock(f"{resource_type}?{sorted(query)}")
+        page = await uow.resources.search(request, policy.read_filter(principal))
+        return page.rows
+
+    # -- search -------------------------------------------------------------------------------
+
+    async def search(self, uow: UnitOfWork, principal: Principal, resource_type: str,
+                     query: list[tuple[str, str]], strict: bool) -> SearchResult:  # fmt: skip
+        check_type(resource_type)
+        policy.require(principal, resource_type, SEARCH)
+        request = self.parser.parse(resource_type, query, strict)
+        access = policy.read_filter(principal)
+        if request.summary_count or request.count == 0:
+            total = await uow.resources.count(request, access)
+            return SearchResult(request, Page([], None, None), total=total)
+        page = await uow.resources.search(request, access)
+        result = SearchResult(request, page)
+        if request.total == "accurate":
+            result.total = await uow.resources.count(request, access)
+        elif request.cursor is None and page.next_cursor is None:
+            result.total = len(page.rows)
+        result.included = await self._includes(uow, request, page.rows, access)
+        for stored in page.rows + result.included:
+            self.note(uow, stored)
+        return result
+
+    async def _includes(self, uow: UnitOfWork, request: SearchRequest,
+                        rows: list[StoredResource], access: policy.AccessFilter
+                        ) -> list[StoredResource]:  # fmt: skip
+        if not rows or not (request.includes or request.revincludes):
+            return []
+        seen = {r.pk for r in rows}
+        included: list[StoredResource] = []
+        frontier = rows
+        for iteration in range(INCLUDE_ITERATIONS):
+            found: list[StoredResource] = []
+            for include in request.includes:
+                if iteration > 0 and not include.iterate:
+                    continue
+                sources = [r.pk for r in frontier if r.resource_type == include.source_type]
+                if sources:
+                    found += await uow.resources.included(sources, include.source_type,
+                                                          include.param.code, include.target_type,
+                                                          access, MAX_INCLUDED)  # fmt: skip
+            for include in request.revincludes:
+                if iteration > 0 and not include.iterate:
+                    continue
+                targets = [(r.resource_type, r.resource_id) for r in frontier]
+                found += await uow.resources.referencing(targets, include.source_type,
+                                                         include.param.code, access, MAX_INCLUDED)  # fmt: skip
+            fresh = [r for r in found if r.pk not in seen]
+            seen |= {r.pk for r in fresh}
+            included += fresh
+            frontier = fresh
+            if not fresh or not any(i.iterate for i in request.includes + request.revincludes):
+                break
+        return included
+
+    # -- history ------------------------------------------------------------------------------
+
+    async def history(self, uow: UnitOfWork, principal: Principal, resource_type: str | None,
+                      resource_id: str | None, query: dict[str, str], default_count: int
+                      ) -> Page:  # fmt: skip
+        types = [resource_type] if resource_type else list(policy.rules(principal).reads)
+        for t in types:
+            check_type(t)
+            policy.require(principal, t, READ)
+        if resource_type and resource_id:
+            current = await uow.resources.current(resource_type, resource_id)
+            if current is None or not policy.may_read_row(principal, resource_type, current.owner_org):
+                raise not_found(resource_type, resource_id)
+        since = None
+        if "_since" in query:
+            try:
+                since = datetime.fromisoformat(query["_since"].replace("Z", "+00:00"))
+            except ValueError:
+                raise bad_request("_since must be an instant") from None
+        count = _count(query, default_count, self.parser.max_count)
+        cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
+        page = await uow.resources.history(resource_type, resource_id, since, count, cursor,
+                                           policy.read_filter(principal))  # fmt: skip
+        for stored in page.rows:
+            uow.entities.append(f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}")
+        return page
+
+    # -- $everything ----------------------------------------------------------------------------
+
+    async def everything(self, uow: UnitOfWork, principal: Principal, patient_id: str,
+                         query: dict[str, str], default_count: int
+                         ) -> tuple[Page, list[StoredResource]]:  # fmt: skip
+        patient = await self.read(uow, principal, "Patient", patient_id)
+        readable = policy.rules(principal).reads
+        types = [t for t in RESOURCE_TYPES if t in readable]
+        if "_type" in query:
+            wanted = [t.strip() for t in query["_type"].split(",") if t.strip()]
+            for t in wanted:
+                check_type(t)
+            types = [t for t in wanted if t in readable]
+        since = period = None
+        zone = self.indexer.zone
+        from hub.fhir.datetimes import DateFormatError, parse_range
+
+        try:
+            if "_since" in query:
+                since = parse_range(query["_since"], zone)[0]
+            if "start" in query or "end" in query:
+                start = parse_range(query["start"], zone)[0] if "start" in query else datetime.min.replace(tzinfo=UTC)
+                end = parse_range(query["end"], zone)[1] if "end" in query else datetime.max.replace(tzinfo=UTC)
+                period = (start, end)
+        except DateFormatError as error:
+            raise bad_request(str(error)) from None
+        count = _count(query, default_count, self.parser.max_count)
+        cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
+        date_params = list(CLINICAL_DATES.items())
+        page = await uow.resources.compartment(patient.resource_id, self.compartment_members,
+                                               types, since, period, date_params, count, cursor,
+                                               policy.read_filter(principal))  # fmt: skip
+        referenced = []
+        if page.rows:
+            referenced = await uow.resources.referenced_by([r.pk for r in page.rows],
+                                                           policy.read_filter(principal),
+                                                           MAX_INCLUDED)  # fmt: skip
+            referenced = [r for r in referenced if r.resource_type in types]
+        for stored in page.rows + referenced:
+            self.note(uow, stored)
+        return page, referenced
+
+    # -- audit bookkeeping ----------------------------------------------------------------------
+
+    def note(self, uow: UnitOfWork, stored: StoredResource, body: dict[str, Any] | None = None) -> None:
+        """Record that this unit of work touched ``stored`` (and which patient it is about)."""
+        uow.entities.append(f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}")
+        if stored.resource_type == "Patient":
+            uow.patients.add(f"Patient/{stored.resource_id}")
+            return
+        path = self._patient_paths.get(stored.resource_type)
+        if path is None or stored.content is None:
+            return
+        resource = body if body is not None else orjson.loads(stored.content)
+        for value, _ in path.evaluate(resource):
+            if isinstance(value, dict) and isinstance(value.get("reference"), str):
+                target_type, target_id, _ = split_reference(value["reference"])
+                if target_type == "Patient":
+                    uow.patients.add(f"Patient/{target_id}")
+
+
+def check_type(resource_type: str) -> None:
+    if resource_type not in RESOURCE_TYPES:
+        raise FhirError(404, "not-supported", f"resource type {resource_type!r} is not supported")
+
+
+def parse_etag(value: str) -> str:
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def _count(query: dict[str, str], default: int, maximum: int) -> int:
+    text = query.get("_count", str(default))
+    if not text.isdigit():
+        raise bad_request("_count must be a non-negative integer")
+    return max(1, min(int(text), maximum))

@@ -1,0 +1,72 @@
+"""The hub's long-lived components, built once per process and shared by every request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from hub.fhir.datetimes import zone
+from hub.fhir.indexing import Indexer
+from hub.fhir.search import SearchParser
+from hub.fhir.searchparams import SearchParamRegistry
+from hub.records.service import RecordService
+from hub.security.audit import AuditWriter, load_audit_key
+from hub.security.clients import ClientRegistry
+from hub.security.keys import KeyRing
+from hub.security.tokens import TokenService
+from hub.settings import Settings
+from hub.storage.database import Database
+
+log = logging.getLogger(__name__)
+REVOCATION_REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    database: Database
+    registry: SearchParamRegistry
+    records: RecordService
+    keyring: KeyRing
+    tokens: TokenService
+    audit: AuditWriter
+    revoked: set[str] = field(default_factory=set)
+    _refresher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, database: Database | None = None) -> Hub:
+        database = database or Database.connect(settings)
+        registry = SearchParamRegistry.default()
+        tz = zone(settings.default_timezone)
+        base = (settings.public_base_url or "").rstrip("/")
+        indexer = Indexer(registry, tz, base + "/fhir" if base else "")
+        parser = SearchParser(registry, tz, settings.search_default_count,
+                              settings.search_max_count, base + "/fhir" if base else "")  # fmt: skip
+        keyring = KeyRing(settings.resolved_keys_dir)
+        tokens = TokenService(keyring, settings.token_issuer, settings.token_lifetime_seconds)
+        audit = AuditWriter(database.connection, load_audit_key(settings.resolved_keys_dir))
+        return cls(settings, database, registry, RecordService(registry, indexer, parser),
+                   keyring, tokens, audit)  # fmt: skip
+
+    async def start(self) -> None:
+        await self.audit.start()
+        await self.refresh_revocations()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="revocations")
+
+    async def stop(self) -> None:
+        if self._refresher:
+            self._refresher.cancel()
+        await self.audit.close()
+        await self.database.dispose()
+
+    async def refresh_revocations(self) -> None:
+        async with self.database.connection() as conn:
+            self.revoked = await ClientRegistry(conn).revoked_ids()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REVOCATION_REFRESH_SECONDS)
+            with contextlib.suppress(Exception):
+                await self.refresh_revocations()

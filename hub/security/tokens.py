@@ -1,0 +1,79 @@
+"""OAuth 2.0 access tokens: signed JWTs (ES256) carrying the client's identity and scopes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+
+import jwt
+
+from hub.security.keys import ALGORITHM, KeyRing
+from hub.security.principals import ClientKind, Principal
+
+_CACHE_SIZE = 10_000
+
+
+class InvalidToken(Exception):
+    """Missing, malformed, forged or expired: answered with 401."""
+
+
+class TokenService:
+    """Issues and verifies access tokens. Verified tokens are cached until they expire."""
+
+    def __init__(self, keyring: KeyRing, issuer: str, lifetime: int):
+        self.keyring = keyring
+        self.issuer = issuer
+        self.lifetime = lifetime
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def issue(self, principal: Principal) -> tuple[str, int]:
+        now = int(time.time())
+        key = self.keyring.signing_key
+        claims = {
+            "iss": self.issuer,
+            "sub": principal.client_id,
+            "aud": self.issuer,
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+            "scope": " ".join(sorted(principal.scopes)),
+            "client_kind": str(principal.kind),
+            "organization": principal.organization,
+            "name": principal.name,
+        }
+        token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return token, self.lifetime
+
+    def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires:
+                return principal
+            self._verified.pop(token, None)
+            raise InvalidToken("the access token has expired")
+        try:
+            header = jwt.get_unverified_header(token)
+            public_key = self.keyring.public_key(str(header.get("kid")))
+            if public_key is None:
+                raise InvalidToken("the access token was not signed by this hub")
+            claims = jwt.decode(
+                token, public_key, algorithms=[ALGORITHM], audience=self.issuer,
+                issuer=self.issuer, options={"require": ["exp", "iat", "sub", "scope"]},
+            )  # fmt: skip
+            principal = Principal(
+                client_id=claims["sub"],
+                name=claims.get("name", ""),
+                kind=ClientKind(claims["client_kind"]),
+                organization=claims["organization"],
+                scopes=frozenset(claims["scope"].split()),
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the access token has expired") from None
+        except (jwt.InvalidTokenError, KeyError, ValueError) as error:
+            raise InvalidToken(f"the access token is not valid: {error}") from None
+        self._verified[token] = (principal, float(claims["exp"]))
+        if len(self._verified) > _CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal

@@ -1,0 +1,1 @@
+"""Persistence: the PostgreSQL engine, schema migrations and repositories."""

@@ -1,0 +1,76 @@
+"""The database engine: one SQLAlchemy async engine (asyncpg driver) per process.
+
+SQLAlchemy owns the connection pool, the schema migrations (Alembic) and administrative
+queries. The FHIR store's hot paths send hand-written, parameterised SQL on the pooled
+asyncpg connection itself: measured, SQLAlchemy's per-statement overhead would cost more
+than the database work of a typical FHIR read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from hub.settings import Settings
+from hub.storage.embedded import start_embedded
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The configured PostgreSQL URL, starting the embedded server when none is configured."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.data_dir)
+
+
+def sqlalchemy_url(url: str, driver: str = "asyncpg") -> str:
+    """Turn a libpq-style URL into SQLAlchemy's ``postgresql+DRIVER://`` form."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme in ("postgres", "postgresql"):
+        scheme = f"postgresql+{driver}"
+    return urlunsplit((scheme, *parts[1:]))
+
+
+def libpq_url(url: str) -> str:
+    """Strip any SQLAlchemy driver suffix, for asyncpg or psql."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql", *parts[1:]))
+
+
+@dataclass
+class Database:
+    """A process's handle on PostgreSQL."""
+
+    url: str
+    engine: AsyncEngine
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Database:
+        url = resolve_database_url(settings)
+        engine = create_async_engine(
+            sqlalchemy_url(url),
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_overflow,
+            pool_pre_ping=False,
+            connect_args={"server_settings": {"application_name": "yijian-hub"}},
+        )
+        return cls(url=url, engine=engine)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, as the asyncpg driver connection."""
+        async with self.engine.connect() as conn:
+            yield await driver_connection(conn)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection  # type: ignore[return-value]

@@ -1,0 +1,393 @@
+"""The resource repository: FHIR resources, their versions and search indexes in PostgreSQL.
+
+The service layer talks to this class only; it holds no FHIR REST semantics (those live in
+``hub.fhir`` and ``hub.records``) and no authorization rules (it applies an ``AccessFilter``
+it is given). All methods run on the unit of work's connection and transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from hub.fhir.indexing import IndexRows
+from hub.fhir.search import Cursor, SearchRequest
+from hub.storage.search_sql import RESOURCE_COLUMNS, AccessFilter, SearchCompiler, SortColumn, Sql
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One stored version of a resource: the current one, or one from its history."""
+
+    pk: int
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    content: str | None
+    deleted: bool = False
+    owner_org: str | None = None
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Who writes a version, recorded on the version row itself."""
+
+    client_id: str | None
+    organization: str | None
+    request_id: str | None
+
+
+@dataclass
+class Page:
+    """A page of search results with the keyset positions of its neighbours."""
+
+    rows: list[StoredResource]
+    next_cursor: Cursor | None
+    previous_cursor: Cursor | None
+
+
+_INDEX_INSERTS = """
+ i_token AS (INSERT INTO idx_token (pk, res_type, param, system, code, display)
+   SELECT w.pk, $1, u.p, u.s, u.c, u.d FROM w,
+   unnest($11::text[], $12::text[], $13::text[], $14::text[]) AS u(p, s, c, d)),
+ i_string AS (INSERT INTO idx_string (pk, res_type, param, value_norm, value)
+   SELECT w.pk, $1, u.p, u.n, u.v FROM w, unnest($15::text[], $16::text[], $17::text[]) AS u(p, n, v)),
+ i_date AS (INSERT INTO idx_date (pk, res_type, param, low, high)
+   SELECT w.pk, $1, u.p, u.l, u.h FROM w,
+   unnest($18::text[], $19::timestamptz[], $20::timestamptz[]) AS u(p, l, h)),
+ i_reference AS (INSERT INTO idx_reference (pk, res_type, param, target_type, target_id, url)
+   SELECT w.pk, $1, u.p, u.t, u.i, u.r FROM w,
+   unnest($21::text[], $22::text[], $23::text[], $24::text[]) AS u(p, t, i, r)),
+ i_quantity AS (INSERT INTO idx_quantity (pk, res_type, param, value, system, code)
+   SELECT w.pk, $1, u.p, u.v, u.s, u.c FROM w,
+   unnest($25::text[], $26::numeric[], $27::text[], $28::text[]) AS u(p, v, s, c)),
+ i_uri AS (INSERT INTO idx_uri (pk, res_type, param, uri)
+   SELECT w.pk, $1, u.p, u.u FROM w, unnest($29::text[], $30::text[]) AS u(p, u))
+"""
+
+_VERSION_INSERT = """
+ v AS (INSERT INTO resource_version (pk, version_id, res_type, res_id, last_updated, method,
+        deleted, author_client, author_org, request_id, content)
+   SELECT w.pk, $3, $1, $2, $4, $7, $31, $8, $9, $10, $6 FROM w)
+"""
+
+_INDEX_DELETES = """
+ d_token AS (DELETE FROM idx_token WHERE pk = $32),
+ d_string AS (DELETE FROM idx_string WHERE pk = $32),
+ d_date AS (DELETE FROM idx_date WHERE pk = $32),
+ d_reference AS (DELETE FROM idx_reference WHERE pk = $32),
+ d_quantity AS (DELETE FROM idx_quantity WHERE pk = $32),
+ d_uri AS (DELETE FROM idx_uri WHERE pk = $32)
+"""
+
+# $1 type, $2 id, $3 version, $4 last_updated, $5 owner, $6 content, $7 method, $8 client,
+# $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32 pk (updates)
+CREATE_SQL = f"""
+WITH w AS (INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted, owner_org, content)
+   VALUES ($1, $2, $3, $4, $31, $5, $6) RETURNING pk),
+{_VERSION_INSERT}, {_INDEX_INSERTS}
+SELECT pk FROM w
+"""
+
+UPDATE_SQL = f"""
+WITH w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $31,
+   owner_org = $5, content = COALESCE($6, content) WHERE pk = $32 RETURNING pk),
+{_INDEX_DELETES}, {_VERSION_INSERT}, {_INDEX_INSERTS}
+SELECT pk FROM w
+"""
+
+_READ = "SELECT pk, version_id, last_updated, deleted, owner_org, content FROM resource"
+
+
+def _index_arrays(rows: IndexRows) -> list[Any]:
+    def columns(items: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+        return [list(c) for c in zip(*items, strict=True)] if items else [[]] * width
+
+    return [
+        *columns(rows.token, 4),
+        *columns(rows.string, 3),
+        *columns(rows.date, 3),
+        *columns(rows.reference, 4),
+        *columns(rows.quantity, 4),
+        *columns(rows.uri, 2),
+    ]
+
+
+class ResourceRepository:
+    """FHIR resources in PostgreSQL, on one connection inside a transaction."""
+
+    def __init__(self, connection: asyncpg.Connection):
+        self.connection = connection
+        self.compiler = SearchCompiler()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def current(self, resource_type: str, resource_id: str, *, lock: bool = False
+                      ) -> StoredResource | None:  # fmt: skip
+        """The current version (one index lookup); ``lock`` takes a row lock for an update."""
+        query = f"{_READ} WHERE res_type = $1 AND res_id = $2" + (" FOR UPDATE" if lock else "")
+        row = await self.connection.fetchrow(query, resource_type, resource_id)
+        if row is None:
+            return None
+        return StoredResource(row["pk"], resource_type, resource_id, row["version_id"],
+                              row["last_updated"], row["content"], row["deleted"],
+                              row["owner_org"])  # fmt: skip
+
+    async def version(self, resource_type: str, resource_id: str, version_id: int
+                      ) -> StoredResource | None:  # fmt: skip
+        row = await self.connection.fetchrow(
+            "SELECT v.pk, v.last_updated, v.deleted, v.content, v.method, r.owner_org "
+            "FROM resource r JOIN resource_version v ON v.pk = r.pk "
+            "WHERE r.res_type = $1 AND r.res_id = $2 AND v.version_id = $3",
+            resource_type, resource_id, version_id,
+        )  # fmt: skip
+        if row is None:
+            return None
+        return StoredResource(row["pk"], resource_type, resource_id, version_id,
+                              row["last_updated"], row["content"], row["deleted"],
+                              row["owner_org"], row["method"])  # fmt: skip
+
+    async def missing_references(self, references: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of ``references`` that name no current, undeleted resource."""
+        if not references:
+            return set()
+        types, ids = zip(*references, strict=True)
+        rows = await self.connection.fetch(
+            "SELECT res_type, res_id FROM resource WHERE NOT deleted AND (res_type, res_id) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[]))",
+            list(types), list(ids),
+        )  # fmt: skip
+        return references - {(r["res_type"], r["res_id"]) for r in rows}
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version_id: int,
+        last_updated: datetime,
+        content: str | None,
+        rows: IndexRows,
+        *,
+        method: str,
+        owner_org: str | None,
+        context: WriteContext,
+        existing_pk: int | None = None,
+    ) -> int:
+        """Write one version: resource row, version row and index rows in one statement.
+
+        ``existing_pk`` None creates the resource; otherwise the current row is replaced (its
+        lock must be held). ``content`` None records a deletion.
+        """
+        deleted = content is None
+        args = [
+            resource_type, resource_id, version_id, last_updated, owner_org, content, method,
+            context.client_id, context.organization, context.request_id,
+            *_index_arrays(rows), deleted,
+        ]  # fmt: skip
+        if existing_pk is None:
+            return int(await self.connection.fetchval(CREATE_SQL, *args))
+        return int(await self.connection.fetchval(UPDATE_SQL, *args, existing_pk))
+
+    async def advisory_lock(self, key: str) -> None:
+        """Serialise concurrent conditional writes on the same criteria until commit."""
+        await self.connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+    # -- search -------------------------------------------------------------------------------
+
+    async def search(self, request: SearchRequest, access: AccessFilter) -> Page:
+        sql = Sql()
+        where = self.compiler.where(sql, request) + [access.sql(sql, "r")]
+        columns = self.compiler.sort_columns(sql, request.sort)
+        named = [
+            SortColumn(c.expression, c.descending, c.sql_type, alias=f"q.s{i}")
+            for i, c in enumerate(columns[:-1])
+        ] + [SortColumn("q.pk", columns[-1].descending, "bigint")]
+        extra = "".join(f", {c.expression} AS s{i}" for i, c in enumerate(columns[:-1]))
+        inner = f"SELECT r.{RESOURCE_COLUMNS.replace(', ', ', r.')}{extra} FROM resource r " \
+                f"WHERE {' AND '.join(where)}"  # fmt: skip
+        cursor = request.cursor
+        conditions = ""
+        if cursor is not None:
+            try:
+                conditions = " WHERE " + self.compiler.keyset(sql, named, cursor)
+            except ValueError:
+                from hub.fhir.outcomes import bad_request
+
+                raise bad_request("_cursor does not match this search's _sort") from None
+        backward = cursor is not None and cursor.backward
+        order = ", ".join(
+            f"{c.name} {'DESC' if c.descending != backward else 'ASC'}" for c in named
+        )
+        query = f"SELECT * FROM ({inner}) q{conditions} ORDER BY {order} LIMIT {sql.add(request.count + 1)}"
+        records = await self.connection.fetch(query, *sql.params)
+        more = len(records) > request.count
+        records = records[: request.count]
+        if backward:
+            records.reverse()
+        rows = [_stored(r) for r in records]
+        if not records:
+            return Page(rows, None, None)
+
+        def position(record: asyncpg.Record, backward: bool) -> Cursor:
+            return Cursor(backward, [_json_value(record[f"s{i}"]) for i in range(len(named) - 1)],
+                          record["pk"])  # fmt: skip
+
+        has_next = more if not backward else True
+        has_previous = (more if backward else cursor is not None)
+        return Page(
+            rows,
+            position(records[-1], False) if has_next else None,
+            position(records[0], True) if has_previous else None,
+        )
+
+    async def count(self, request: SearchRequest, access: AccessFilter) -> int:
+        sql = Sql()
+        where = self.compiler.where(sql, request) + [access.sql(sql, "r")]
+        query = f"SELECT count(*) FROM resource r WHERE {' AND '.join(where)}"
+        return int(await self.connection.fetchval(query, *sql.params))
+
+    async def included(self, source_pks: list[int], source_type: str, param: str,
+                       target_type: str | None, access: AccessFilter, limit: int
+                       ) -> list[StoredResource]:  # fmt: skip
+        """Resources referenced by ``param`` of the given resources (``_include``)."""
+        sql = Sql()
+        condition = f"x.pk = ANY({sql.add(source_pks)}::bigint[]) AND x.res_type = {sql.add(source_type)}"
+        condition += f" AND x.param = {sql.add(param)}"
+        if target_type:
+            condition += f" AND x.target_type = {sql.add(target_type)}"
+        query = (
+            f"SELECT {RESOURCE_COLUMNS} FROM resource t WHERE NOT t.deleted AND "
+            f"(t.res_type, t.res_id) IN (SELECT x.target_type, x.target_id FROM idx_reference x "
+            f"WHERE {condition}) AND {access.sql(sql, 't')} LIMIT {sql.add(limit)}"
+        )
+        return [_stored(r) for r in await self.connection.fetch(query, *sql.params)]
+
+    async def referencing(self, targets: list[tuple[str, str]], source_type: str, param: str,
+                          access: AccessFilter, limit: int) -> list[StoredResource]:  # fmt: skip
+        """Resources whose ``param`` references any of ``targets`` (``_revinclude``)."""
+        if not targets:
+            return []
+        sql = Sql()
+        types, ids = zip(*targets, strict=True)
+        query = (
+            f"SELECT {RESOURCE_COLUMNS} FROM resource s WHERE NOT s.deleted AND s.pk IN "
+            f"(SELECT x.pk FROM idx_reference x JOIN unnest({sql.add(list(ids))}::text[], "
+            f"{sql.add(list(types))}::text[]) AS u(i, t) ON x.target_id = u.i AND x.target_type = u.t "
+            f"WHERE x.res_type = {sql.add(source_type)} AND x.param = {sql.add(param)}) "
+            f"AND {access.sql(sql, 's')} LIMIT {sql.add(limit)}"
+        )
+        return [_stored(r) for r in await self.connection.fetch(query, *sql.params)]
+
+    async def referenced_by(self, source_pks: list[int], access: AccessFilter, limit: int
+                            ) -> list[StoredResource]:  # fmt: skip
+        """Every resource referenced by the given ones (for ``$everything``)."""
+        sql = Sql()
+        query = (
+            f"SELECT {RESOURCE_COLUMNS} FROM resource t WHERE NOT t.deleted AND "
+            f"(t.res_type, t.res_id) IN (SELECT x.target_type, x.target_id FROM idx_reference x "
+            f"WHERE x.pk = ANY({sql.add(source_pks)}::bigint[]) AND x.target_type IS NOT NULL) "
+            f"AND t.pk <> ALL({sql.add(source_pks)}::bigint[]) AND {access.sql(sql, 't')} "
+            f"LIMIT {sql.add(limit)}"
+        )
+        return [_stored(r) for r in await self.connection.fetch(query, *sql.params)]
+
+    # -- history ------------------------------------------------------------------------------
+
+    async def history(self, resource_type: str | None, resource_id: str | None,
+                      since: datetime | None, count: int, cursor: Cursor | None,
+                      access: AccessFilter) -> Page:  # fmt: skip
+        """Versions, newest first, keyset-paged on (last_updated, pk, version)."""
+        sql = Sql()
+        where = [access.sql(sql, "r")]
+        if resource_type:
+            where.append(f"v.res_type = {sql.add(resource_type)}")
+        if resource_id:
+            where.append(f"v.res_id = {sql.add(resource_id)}")
+        if since:
+            where.append(f"v.last_updated >= {sql.add(since)}")
+        if cursor is not None:
+            lu, pk, vid = sql.add(_parse_instant(cursor.values[0])), sql.add(cursor.pk), sql.add(int(cursor.values[1]))
+            where.append(f"(v.last_updated, v.pk, v.version_id) < ({lu}, {pk}, {vid})")
+        query = (
+            "SELECT v.pk, v.res_type, v.res_id, v.version_id, v.last_updated, v.content, "
+            "v.deleted, v.method FROM resource_version v JOIN resource r ON r.pk = v.pk "
+            f"WHERE {' AND '.join(where)} "
+            f"ORDER BY v.last_updated DESC, v.pk DESC, v.version_id DESC LIMIT {sql.add(count + 1)}"
+        )
+        records = await self.connection.fetch(query, *sql.params)
+        more = len(records) > count
+        records = records[:count]
+        rows = [
+            StoredResource(r["pk"], r["res_type"], r["res_id"], r["version_id"],
+                           r["last_updated"], r["content"], r["deleted"], method=r["method"])
+            for r in records
+        ]  # fmt: skip
+        next_cursor = None
+        if more and rows:
+            last = rows[-1]
+            next_cursor = Cursor(False, [last.last_updated.isoformat(), last.version_id], last.pk)
+        return Page(rows, next_cursor, None)
+
+    # -- compartments -------------------------------------------------------------------------
+
+    async def compartment(self, patient_id: str, members: list[tuple[str, str]],
+                          types: list[str], since: datetime | None,
+                          period: tuple[datetime, datetime] | None,
+                          date_params: list[tuple[str, str]], count: int,
+                          cursor: Cursor | None, access: AccessFilter) -> Page:  # fmt: skip
+        """A patient and every resource in their compartment, paged by pk."""
+        sql = Sql()
+        member_types, member_params = zip(*members, strict=True) if members else ((), ())
+        pid = sql.add(patient_id)
+        where = [
+            "NOT r.deleted",
+            f"r.res_type = ANY({sql.add(types)}::text[])",
+            f"((r.res_type = 'Patient' AND r.res_id = {pid}) OR r.pk IN (SELECT x.pk FROM "
+            f"idx_reference x JOIN unnest({sql.add(list(member_types))}::text[], "
+            f"{sql.add(list(member_params))}::text[]) AS m(t, p) "
+            f"ON x.res_type = m.t AND x.param = m.p "
+            f"WHERE x.target_type = 'Patient' AND x.target_id = {pid}))",
+            access.sql(sql, "r"),
+        ]
+        if since:
+            where.append(f"r.last_updated >= {sql.add(since)}")
+        if period:
+            dtypes, dparams = zip(*date_params, strict=True)
+            dated = (f"SELECT 1 FROM idx_date d JOIN unnest({sql.add(list(dtypes))}::text[], "
+                     f"{sql.add(list(dparams))}::text[]) AS m(t, p) ON d.res_type = m.t AND "
+                     f"d.param = m.p WHERE d.pk = r.pk")  # fmt: skip
+            start, end = sql.add(period[0]), sql.add(period[1])
+            where.append(f"(NOT EXISTS ({dated}) OR EXISTS ({dated} AND d.high > {start} "
+                         f"AND d.low < {end}))")  # fmt: skip
+        if cursor is not None:
+            where.append(f"r.pk > {sql.add(cursor.pk)}")
+        query = (f"SELECT {RESOURCE_COLUMNS.replace('pk,', 'r.pk,')} FROM resource r "
+                 f"WHERE {' AND '.join(where)} ORDER BY r.pk LIMIT {sql.add(count + 1)}")  # fmt: skip
+        records = await self.connection.fetch(query, *sql.params)
+        more = len(records) > count
+        rows = [_stored(r) for r in records[:count]]
+        return Page(rows, Cursor(False, [], rows[-1].pk) if more and rows else None, None)
+
+
+def _stored(record: asyncpg.Record) -> StoredResource:
+    return StoredResource(record["pk"], record["res_type"], record["res_id"],
+                          record["version_id"], record["last_updated"], record["content"])  # fmt: skip
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, int | str):
+        return value
+    return str(value)
+
+
+def _parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text)

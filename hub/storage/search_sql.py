@@ -1,0 +1,261 @@
+"""Compile a ``SearchRequest`` into parameterised PostgreSQL.
+
+Each criterion becomes a semi-join on one index table; criteria are ANDed, a criterion's values
+ORed. Sorting and paging use keyset conditions on the sort values plus ``pk``, so a page link
+stays correct while resources are added or removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.fhir.search import (
+    Criterion,
+    Cursor,
+    RangeValue,
+    ReferenceValue,
+    SearchRequest,
+    SortKey,
+    TokenValue,
+)
+from hub.fhir.indexing import normalize
+from hub.fhir.searchparams import SearchParam
+
+TABLES = {
+    "token": "idx_token",
+    "string": "idx_string",
+    "date": "idx_date",
+    "reference": "idx_reference",
+    "quantity": "idx_quantity",
+    "uri": "idx_uri",
+}
+RESOURCE_COLUMNS = "pk, res_type, res_id, version_id, last_updated, content"
+
+
+@dataclass(frozen=True)
+class AccessFilter:
+    """Row-level read restrictions of a caller, applied to every row a query returns.
+
+    ``readable``: the types the caller may read (None: all). ``owned_only``: types of which
+    the caller sees only rows owned by ``organization``.
+    """
+
+    readable: frozenset[str] | None = None
+    owned_only: frozenset[str] = frozenset()
+    organization: str | None = None
+
+    def sql(self, sql: Sql, alias: str) -> str:
+        parts = []
+        if self.readable is not None:
+            parts.append(f"{alias}.res_type = ANY({sql.add(sorted(self.readable))}::text[])")
+        if self.owned_only:
+            types = sql.add(sorted(self.owned_only))
+            parts.append(
+                f"({alias}.res_type <> ALL({types}::text[]) "
+                f"OR {alias}.owner_org = {sql.add(self.organization)})"
+            )
+        return " AND ".join(parts) or "TRUE"
+
+
+@dataclass
+class Sql:
+    """Collects positional parameters while SQL text is built."""
+
+    params: list[Any] = field(default_factory=list)
+
+    def add(self, value: Any) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+
+def escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SearchCompiler:
+    """Builds the SQL of searches; holds no state between calls."""
+
+    def where(self, sql: Sql, request: SearchRequest, alias: str = "r") -> list[str]:
+        clauses = [f"{alias}.res_type = {sql.add(request.resource_type)}", f"NOT {alias}.deleted"]
+        clauses += [self.criterion(sql, c, alias) for c in request.criteria]
+        return clauses
+
+    def criterion(self, sql: Sql, criterion: Criterion, alias: str) -> str:
+        param = criterion.param
+        if criterion.chain is not None:
+            return self._chain(sql, criterion, alias)
+        if param.column is not None:
+            return self._column(sql, criterion, alias)
+        table = TABLES[param.type]
+        head = (f"SELECT x.pk FROM {table} x WHERE x.res_type = {sql.add(param.resource_type)} "
+                f"AND x.param = {sql.add(param.code)}")  # fmt: skip
+        if criterion.modifier == "missing":
+            exists = f"EXISTS ({head} AND x.pk = {alias}.pk)"
+            return f"NOT {exists}" if criterion.values[0] else exists
+        alternatives = " OR ".join(self._value(sql, param, criterion.modifier, v)
+                                   for v in criterion.values)  # fmt: skip
+        negate = "NOT " if criterion.modifier == "not" else ""
+        return f"{alias}.pk {negate}IN ({head} AND ({alternatives}))"
+
+    def _chain(self, sql: Sql, criterion: Criterion, alias: str) -> str:
+        assert criterion.chain is not None
+        param = criterion.param
+        inner = self.criterion(sql, criterion.chain, "t")
+        return (
+            f"{alias}.pk IN (SELECT x.pk FROM idx_reference x JOIN resource t "
+            f"ON t.res_type = x.target_type AND t.res_id = x.target_id "
+            f"WHERE x.res_type = {sql.add(param.resource_type)} AND x.param = {sql.add(param.code)} "
+            f"AND x.target_type = ANY({sql.add(list(criterion.chain_types))}::text[]) "
+            f"AND NOT t.deleted AND {inner})"
+        )
+
+    def _column(self, sql: Sql, criterion: Criterion, alias: str) -> str:
+        column = f"{alias}.{criterion.param.column}"
+        if criterion.param.type == "token":  # _id
+            ids = [v.code for v in criterion.values if isinstance(v, TokenValue) and v.code]
+            return f"{column} = ANY({sql.add(ids)}::text[])"
+        parts = [_range(sql, v, column, f"({column} + interval '1 microsecond')")
+                 for v in criterion.values]  # fmt: skip
+        return "(" + " OR ".join(parts) + ")"
+
+    def _value(self, sql: Sql, param: SearchParam, modifier: str | None, value: Any) -> str:
+        kind = param.type
+        if kind == "token":
+            assert isinstance(value, TokenValue)
+            parts = []
+            if value.code is not None:
+                parts.append(f"x.code = {sql.add(value.code)}")
+            if value.no_system:
+                parts.append("x.system IS NULL")
+            elif value.system is not None:
+                parts.append(f"x.system = {sql.add(value.system)}")
+            return "(" + " AND ".join(parts or ["TRUE"]) + ")"
+        if kind == "string":
+            if modifier == "exact":
+                return f"x.value = {sql.add(value)}"
+            pattern = escape_like(normalize(value))
+            pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
+            return f"x.value_norm LIKE {sql.add(pattern)}"
+        if kind == "uri":
+            if modifier == "below":
+                return f"x.uri LIKE {sql.add(escape_like(value) + '%')}"
+            return f"x.uri = {sql.add(value)}"
+        if kind == "date":
+            return _range(sql, value, "x.low", "x.high")
+        if kind == "quantity":
+            assert isinstance(value, RangeValue)
+            parts = [_range(sql, value, "x.value", "x.value", numeric=True)]
+            if value.system:
+                parts.append(f"x.system = {sql.add(value.system)}")
+            if value.code:
+                parts.append(f"x.code = {sql.add(value.code)}")
+            return "(" + " AND ".join(parts) + ")"
+        if kind == "reference":
+            assert isinstance(value, ReferenceValue)
+            if value.url is not None:
+                return f"x.url = {sql.add(value.url)}"
+            parts = [f"x.target_id = {sql.add(value.resource_id)}"]
+            if value.resource_type:
+                parts.append(f"x.target_type = {sql.add(value.resource_type)}")
+            return "(" + " AND ".join(parts) + ")"
+        raise AssertionError(kind)
+
+    # -- ordering and paging --------------------------------------------------------------------
+
+    def sort_columns(self, sql: Sql, sort: list[SortKey], alias: str = "r") -> list[SortColumn]:
+        """The ORDER BY columns of a sort, ending with ``pk`` as the tie-breaker."""
+        columns = [
+            SortColumn(self._sort_expression(sql, key, alias), key.descending, _sql_type(key))
+            for key in sort
+        ]
+        last_descending = sort[-1].descending if sort else False
+        columns.append(SortColumn(f"{alias}.pk", last_descending, "bigint"))
+        return columns
+
+    def _sort_expression(self, sql: Sql, key: SortKey, alias: str) -> str:
+        param = key.param
+        if param.column is not None:
+            return f"{alias}.{param.column}"
+        table = TABLES[param.type]
+        column, aggregate, missing = {
+            "date": ("high" if key.descending else "low", "max" if key.descending else "min",
+                     "'-infinity'::timestamptz" if key.descending else "'infinity'::timestamptz"),
+            "string": ("value_norm", "max" if key.descending else "min",
+                       "''" if key.descending else "chr(1114111)"),
+            "token": ("code", "max" if key.descending else "min",
+                      "''" if key.descending else "chr(1114111)"),
+            "uri": ("uri", "max" if key.descending else "min",
+                    "''" if key.descending else "chr(1114111)"),
+            "quantity": ("value", "max" if key.descending else "min",
+                         "'-infinity'::numeric" if key.descending else "'infinity'::numeric"),
+        }[param.type]  # fmt: skip
+        return (
+            f"COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.pk = {alias}.pk "
+            f"AND s.param = {sql.add(param.code)}), {missing})"
+        )
+
+    def keyset(self, sql: Sql, columns: list[SortColumn], cursor: Cursor) -> str:
+        """Rows strictly after (or, paging backward, before) the cursor position."""
+        values = [*cursor.values, cursor.pk]
+        if len(values) != len(columns):
+            raise ValueError("cursor does not match the sort order")
+        alternatives = []
+        for i, column in enumerate(columns):
+            op = ">" if column.descending == cursor.backward else "<"
+            equal = [f"{columns[j].name} = {columns[j].param(sql, values[j])}" for j in range(i)]
+            last = f"{column.name} {op} {column.param(sql, values[i])}"
+            alternatives.append(" AND ".join([*equal, last]))
+        return "(" + " OR ".join(f"({a})" for a in alternatives) + ")"
+
+
+@dataclass(frozen=True)
+class SortColumn:
+    """One ORDER BY expression, with the PostgreSQL type of its values."""
+
+    expression: str
+    descending: bool
+    sql_type: str
+    alias: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.alias or self.expression
+
+    def param(self, sql: Sql, value: Any) -> str:
+        if self.sql_type == "bigint":
+            return f"{sql.add(int(value))}::bigint"
+        return f"CAST({sql.add(str(value))}::text AS {self.sql_type})"
+
+
+def _sql_type(key: SortKey) -> str:
+    if key.param.column == "last_updated" or key.param.type == "date":
+        return "timestamptz"
+    return "numeric" if key.param.type == "quantity" else "text"
+
+
+def _range(sql: Sql, value: RangeValue, low: str, high: str, numeric: bool = False) -> str:
+    """Compare a target range ``[low, high)`` with a search value, per the FHIR prefixes."""
+    prefix = value.prefix
+    if numeric:  # the stored number is a point; the search value has an implicit precision
+        if prefix in ("eq", "ne"):
+            inside = f"({low} >= {sql.add(value.low)} AND {low} < {sql.add(value.high)})"
+            return inside if prefix == "eq" else f"NOT {inside}"
+        if prefix in ("sa", "eb"):
+            bound = value.high if prefix == "sa" else value.low
+            return f"{low} {'>=' if prefix == 'sa' else '<'} {sql.add(bound)}"
+        exact = value.low + (value.high - value.low) / 2
+        op = {"gt": ">", "lt": "<", "ge": ">=", "le": "<="}[prefix]
+        return f"{low} {op} {sql.add(exact)}"
+    if prefix in ("eq", "ne"):
+        inside = f"({low} >= {sql.add(value.low)} AND {high} <= {sql.add(value.high)})"
+        return inside if prefix == "eq" else f"NOT {inside}"
+    column, op, bound = {
+        "gt": (high, ">", value.high),
+        "ge": (high, ">", value.low),
+        "lt": (low, "<", value.low),
+        "le": (low, "<", value.high),
+        "sa": (low, ">=", value.high),
+        "eb": (high, "<=", value.low),
+    }[prefix]
+    return f"{column} {op} {sql.add(bound)}"

@@ -1,0 +1,1 @@
+"""The imaging cloud (DICOM receive, DICOMweb, ImagingStudy). Arrives with the imaging issue."""
