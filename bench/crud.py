@@ -1292,6 +1292,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nserver log: {count} traceback/ERROR lines; first:\n{excerpt}")
     except (SetupError, TokenError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if own is not None and not isinstance(exc, SetupError):
+            print(f"server log (tail):\n{own.log_tail()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -142,7 +142,10 @@ def orgs_add(name: str, identifier: str, as_json: bool) -> None:
                     "identifier": [{"system": system, "value": value}]}  # fmt: skip
         async with unit_of_work(admin.hub.database, write=True) as uow:
             outcome = await admin.hub.records.create(
-                uow, admin.principal, "Organization", resource,
+                uow,
+                admin.principal,
+                "Organization",
+                resource,
                 WriteContext(admin.principal.client_id, "hub", None),
                 if_none_exist=f"identifier={system}|{value}",
             )
@@ -170,7 +173,9 @@ def clients() -> None:
 
 
 @clients.command("add")
-@click.option("--kind", required=True, type=click.Choice(["hospital", "doctor", "consultant", "admin"]))
+@click.option(
+    "--kind", required=True, type=click.Choice(["hospital", "doctor", "consultant", "admin"])
+)
 @click.option("--organization", required=True, help="Organization id the client acts for")
 @click.option("--name", required=True)
 @click.option("--scope", default=None, help="SMART scopes (default depends on --kind)")
@@ -189,7 +194,9 @@ def clients_add(kind: str, organization: str, name: str, scope: str | None, as_j
                 raise click.ClickException(f"Organization/{organization} is not registered "
                                            "(yijian orgs add)")  # fmt: skip
             try:
-                record, secret = await ClientRegistry(conn).add(ClientKind(kind), organization, name, scope)
+                record, secret = await ClientRegistry(conn).add(
+                    ClientKind(kind), organization, name, scope
+                )
             except ValueError as error:
                 raise click.ClickException(str(error)) from None
         await admin.audit("C", "client-add", [f"client/{record.client_id}"])

@@ -55,7 +55,9 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(error.status_code, "processing")
         message = "no such endpoint" if error.status_code == 404 else str(error.detail)
-        return fhir_response(FhirError(error.status_code, code, message).outcome(), error.status_code)
+        return fhir_response(
+            FhirError(error.status_code, code, message).outcome(), error.status_code
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:

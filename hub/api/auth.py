@@ -46,8 +46,10 @@ async def token(request: Request) -> Response:
         return _oauth_error(401, "invalid_client", "client_id and client_secret are required")
     async with hub.database.connection() as conn:
         found = await ClientRegistry(conn).get(client_id)
-    valid = found is not None and found[0].revoked_at is None and await asyncio.to_thread(
-        client_secrets.verify_secret, secret, found[1]
+    valid = (
+        found is not None
+        and found[0].revoked_at is None
+        and await asyncio.to_thread(client_secrets.verify_secret, secret, found[1])
     )
     record = AuditRecord.for_status(
         200 if valid else 401, action="E", interaction="token", client_id=client_id[:100],

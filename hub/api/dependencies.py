@@ -101,4 +101,6 @@ async def audited(request: Request, principal: Principal | None, interaction: st
         try:
             await hub.audit.record(record)
         except AuditUnavailable as error:
-            raise FhirError(503, "transient", "the audit log is unavailable; retry later") from error
+            raise FhirError(
+                503, "transient", "the audit log is unavailable; retry later"
+            ) from error

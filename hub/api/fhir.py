@@ -14,9 +14,9 @@ from starlette.responses import Response
 from hub.api.dependencies import audited, authenticate, get_hub, write_context
 from hub.api.responses import bundle, entry, fhir_response, history_entry, version_headers
 from hub.fhir import capability
-from hub.records import bundles
 from hub.fhir.outcomes import FhirError, bad_request, information
 from hub.fhir.searchparams import RESOURCE_TYPES
+from hub.records import bundles
 from hub.records.service import SearchResult, check_type
 from hub.records.unit_of_work import unit_of_work
 from hub.runtime import Hub
@@ -46,7 +46,7 @@ def return_preference(request: Request) -> str:
     for part in prefer.split(";"):
         for item in part.split(","):
             if item.startswith("return="):
-                return item[len("return="):]
+                return item[len("return=") :]
     return "representation"
 
 
@@ -81,7 +81,9 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 def query_pairs(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k not in ("_pretty", "_format")]
+    return [
+        (k, v) for k, v in request.query_params.multi_items() if k not in ("_pretty", "_format")
+    ]
 
 
 # -- conformance ------------------------------------------------------------------------------
@@ -115,7 +117,9 @@ async def smart_configuration(request: Request) -> Response:
 
 
 @router.post("")
-async def batch_or_transaction(request: Request, principal: Principal = Depends(authenticate)) -> Response:
+async def batch_or_transaction(
+    request: Request, principal: Principal = Depends(authenticate)
+) -> Response:
     hub = get_hub(request)
     body = await read_json(request)
     kind = body.get("type") if body.get("resourceType") == "Bundle" else None
@@ -128,7 +132,9 @@ async def batch_or_transaction(request: Request, principal: Principal = Depends(
 
 
 @router.get("/_history")
-async def system_history(request: Request, principal: Principal = Depends(authenticate)) -> Response:
+async def system_history(
+    request: Request, principal: Principal = Depends(authenticate)
+) -> Response:
     return await _history(request, principal, None, None)
 
 
@@ -206,7 +212,9 @@ async def patient_everything(patient_id: str, request: Request,
     base = fhir_base(request)
     links = _links(f"{base}/Patient/{patient_id}/$everything",
                    [(k, v) for k, v in query.items() if k != "_cursor"], page)  # fmt: skip
-    entries = [entry(s, base, "match") for s in page.rows] + [entry(s, base, "include") for s in referenced]
+    entries = [entry(s, base, "match") for s in page.rows] + [
+        entry(s, base, "include") for s in referenced
+    ]
     total = len(page.rows) if "_cursor" not in query and page.next_cursor is None else None
     return fhir_response(bundle("searchset", entries, links, total), pretty=pretty(request))
 
@@ -335,7 +343,11 @@ async def _history(request: Request, principal: Principal, resource_type: str | 
     if resource_type:
         check_type(resource_type)
     query = dict(query_pairs(request))
-    interaction = "history-instance" if resource_id else ("history-type" if resource_type else "history-system")
+    interaction = (
+        "history-instance"
+        if resource_id
+        else ("history-type" if resource_type else "history-system")
+    )
     async with audited(request, principal, interaction, "R") as audit:
         async with unit_of_work(hub.database, write=False) as uow:
             page = await hub.records.history(uow, principal, resource_type, resource_id, query,

@@ -111,5 +111,5 @@ async def _too_large(send: Send, request_id: str, limit: int) -> None:
             (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
             (b"connection", b"close")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
-    except Exception:  # noqa: BLE001 — the response may already have started
+    except Exception:
         logging.getLogger(__name__).debug("could not send 413", exc_info=True)

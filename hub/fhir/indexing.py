@@ -17,7 +17,9 @@ from hub.fhir.searchparams import SearchParam, SearchParamRegistry
 
 MAX_STRING = 512
 FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)  # open Period ends
-FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)  # index prefix; longer text is still searchable by its beginning
+FAR_FUTURE = datetime(
+    9999, 12, 31, tzinfo=UTC
+)  # index prefix; longer text is still searchable by its beginning
 
 
 @dataclass
@@ -27,9 +29,7 @@ class IndexRows:
     token: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
     string: list[tuple[str, str, str]] = field(default_factory=list)
     date: list[tuple[str, datetime, datetime]] = field(default_factory=list)
-    reference: list[tuple[str, str | None, str | None, str | None]] = field(
-        default_factory=list
-    )
+    reference: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
     quantity: list[tuple[str, Decimal, str | None, str | None]] = field(default_factory=list)
     uri: list[tuple[str, str]] = field(default_factory=list)
 
@@ -102,7 +102,9 @@ class Indexer:
         return split_reference(value["reference"], self.base_url)
 
 
-def split_reference(reference: str, base_url: str = "") -> tuple[str | None, str | None, str | None]:
+def split_reference(
+    reference: str, base_url: str = ""
+) -> tuple[str | None, str | None, str | None]:
     """A literal reference as ``(type, id, None)`` when local, else ``(None, None, url)``."""
     if base_url and reference.startswith(base_url + "/"):
         reference = reference[len(base_url) + 1 :]

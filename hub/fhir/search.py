@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -134,7 +134,9 @@ class SearchParser:
         self.max_count = max_count
         self.base_url = base_url.rstrip("/")
 
-    def parse(self, resource_type: str, query: list[tuple[str, str]], strict: bool) -> SearchRequest:
+    def parse(
+        self, resource_type: str, query: list[tuple[str, str]], strict: bool
+    ) -> SearchRequest:
         request = SearchRequest(resource_type, count=self.default_count)
         for key, value in query:
             name = key.split(":", 1)[0].split(".", 1)[0]
@@ -245,7 +247,9 @@ class SearchParser:
             (request.includes if name == "_include" else request.revincludes).append(include)
         elif name == "_summary":
             if value not in ("count", "false"):
-                raise bad_request(f"_summary={value} is not supported (count, false)", "not-supported")
+                raise bad_request(
+                    f"_summary={value} is not supported (count, false)", "not-supported"
+                )
             request.summary_count = value == "count"
         elif name == "_total":
             if value not in ("none", "estimate", "accurate"):
@@ -307,5 +311,3 @@ def _decimal_range(code: str, text: str) -> tuple[Decimal, Decimal]:
     exponent = number.as_tuple().exponent
     half = Decimal(5).scaleb(exponent - 1) if isinstance(exponent, int) else Decimal(0)
     return number - half, number + half
-
-

@@ -47,7 +47,9 @@ def validate(resource: dict[str, Any], resource_type: str) -> None:
             expression=["resourceType"],
         )
     resource_id = resource.get("id")
-    if resource_id is not None and not (isinstance(resource_id, str) and ID_PATTERN.match(resource_id)):
+    if resource_id is not None and not (
+        isinstance(resource_id, str) and ID_PATTERN.match(resource_id)
+    ):
         issues.append(_issue("value", f"{resource_type}.id", "id must be 1-64 of A-Z a-z 0-9 - ."))
     try:
         _model(resource_type).model_validate(resource)

@@ -33,7 +33,11 @@ async def process(hub: Hub, principal: Principal, body: dict[str, Any], context:
         raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
     for index, item in enumerate(entries):
         request = item.get("request") if isinstance(item, dict) else None
-        if not isinstance(request, dict) or request.get("method") not in ORDER or not request.get("url"):
+        if (
+            not isinstance(request, dict)
+            or request.get("method") not in ORDER
+            or not request.get("url")
+        ):
             raise bad_request(f"Bundle.entry[{index}].request needs a method and url",
                               code="structure")  # fmt: skip
     if body["type"] == "transaction":
@@ -94,7 +98,9 @@ async def _batch(hub: Hub, principal: Principal, entries: list[dict[str, Any]],
                 responses.append(await _entry(hub, principal, uow, item, context, base, {}))
             audit.capture(uow)
         except FhirError as error:
-            responses.append({"response": {"status": f"{error.status}", "outcome": error.outcome()}})
+            responses.append(
+                {"response": {"status": f"{error.status}", "outcome": error.outcome()}}
+            )
     return bundle("batch-response", responses)
 
 
@@ -107,7 +113,9 @@ def _assign_ids(entries: list[dict[str, Any]]) -> dict[str, str]:
         if (isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)
                 and item["request"]["method"] == "POST"):  # fmt: skip
             mapping[full_url] = f"{resource.get('resourceType')}/{uuid.uuid4()}"
-        elif isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict):
+        elif (
+            isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)
+        ):
             url = item["request"]["url"]
             mapping[full_url] = url.split("?", 1)[0]
     return mapping
@@ -157,15 +165,21 @@ async def _entry(hub: Hub, principal: Principal, uow: UnitOfWork, item: dict[str
             raise bad_request(f"{method} entry needs a resource", code="structure")
         resource = _rewrite(resource, mapping)
         if (dangling := _unresolved(resource)) is not None:
-            raise FhirError(422, "not-found", f"reference {dangling} is not resolved in this Bundle")
+            raise FhirError(
+                422, "not-found", f"reference {dangling} is not resolved in this Bundle"
+            )
         if method == "POST":
             if len(path) != 1:
                 raise bad_request(f"POST url must be a resource type: {url!r}")
             full_url = item.get("fullUrl")
             assigned = mapping.get(full_url) if isinstance(full_url, str) else None
             outcome = await records.create(
-                uow, principal, path[0], {k: v for k, v in resource.items() if k != "id"},
-                context, resource_id=assigned.split("/", 1)[1] if assigned else None,
+                uow,
+                principal,
+                path[0],
+                {k: v for k, v in resource.items() if k != "id"},
+                context,
+                resource_id=assigned.split("/", 1)[1] if assigned else None,
             )
             return _response(outcome.stored, base, 201)
         if len(path) == 2:

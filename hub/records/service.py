@@ -150,7 +150,9 @@ class RecordService:
         current = await uow.resources.current(resource_type, resource_id, lock=True)
         exists = current is not None and not current.deleted
         policy.require(principal, resource_type, UPDATE if exists else CREATE)
-        if current is not None and not policy.may_read_row(principal, resource_type, current.owner_org):
+        if current is not None and not policy.may_read_row(
+            principal, resource_type, current.owner_org
+        ):
             raise policy.forbidden(f"{resource_type}/{resource_id} belongs to another organization")
         if if_match is not None:
             expected = parse_etag(if_match)
@@ -183,7 +185,9 @@ class RecordService:
             return await self.update(uow, principal, resource_type, resource_id,
                                      {**resource, "id": resource_id}, context)  # fmt: skip
         if "id" in resource:
-            return await self.update(uow, principal, resource_type, resource["id"], resource, context)
+            return await self.update(
+                uow, principal, resource_type, resource["id"], resource, context
+            )
         return await self.create(uow, principal, resource_type, resource, context)
 
     async def delete(self, uow: UnitOfWork, principal: Principal, resource_type: str,
@@ -302,7 +306,9 @@ class RecordService:
             policy.require(principal, t, READ)
         if resource_type and resource_id:
             current = await uow.resources.current(resource_type, resource_id)
-            if current is None or not policy.may_read_row(principal, resource_type, current.owner_org):
+            if current is None or not policy.may_read_row(
+                principal, resource_type, current.owner_org
+            ):
                 raise not_found(resource_type, resource_id)
         since = None
         if "_since" in query:
@@ -315,7 +321,9 @@ class RecordService:
         page = await uow.resources.history(resource_type, resource_id, since, count, cursor,
                                            policy.read_filter(principal))  # fmt: skip
         for stored in page.rows:
-            uow.entities.append(f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}")
+            uow.entities.append(
+                f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}"
+            )
         return page
 
     # -- $everything ----------------------------------------------------------------------------
@@ -339,8 +347,16 @@ class RecordService:
             if "_since" in query:
                 since = parse_range(query["_since"], zone)[0]
             if "start" in query or "end" in query:
-                start = parse_range(query["start"], zone)[0] if "start" in query else datetime.min.replace(tzinfo=UTC)
-                end = parse_range(query["end"], zone)[1] if "end" in query else datetime.max.replace(tzinfo=UTC)
+                start = (
+                    parse_range(query["start"], zone)[0]
+                    if "start" in query
+                    else datetime.min.replace(tzinfo=UTC)
+                )
+                end = (
+                    parse_range(query["end"], zone)[1]
+                    if "end" in query
+                    else datetime.max.replace(tzinfo=UTC)
+                )
                 period = (start, end)
         except DateFormatError as error:
             raise bad_request(str(error)) from None
@@ -362,9 +378,13 @@ class RecordService:
 
     # -- audit bookkeeping ----------------------------------------------------------------------
 
-    def note(self, uow: UnitOfWork, stored: StoredResource, body: dict[str, Any] | None = None) -> None:
+    def note(
+        self, uow: UnitOfWork, stored: StoredResource, body: dict[str, Any] | None = None
+    ) -> None:
         """Record that this unit of work touched ``stored`` (and which patient it is about)."""
-        uow.entities.append(f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}")
+        uow.entities.append(
+            f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}"
+        )
         if stored.resource_type == "Patient":
             uow.patients.add(f"Patient/{stored.resource_id}")
             return

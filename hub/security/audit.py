@@ -152,7 +152,7 @@ class AuditWriter:
                 try:
                     async with self._lock:
                         await self._write([r for r, _ in batch])
-                except Exception as error:  # noqa: BLE001 — every waiter must learn of it
+                except Exception as error:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(AuditUnavailable(str(error)))

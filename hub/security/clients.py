@@ -60,7 +60,9 @@ class ClientRegistry:
         return secret
 
     async def get(self, client_id: str) -> tuple[ClientRecord, str] | None:
-        row = await self.connection.fetchrow("SELECT * FROM api_client WHERE client_id = $1", client_id)
+        row = await self.connection.fetchrow(
+            "SELECT * FROM api_client WHERE client_id = $1", client_id
+        )
         return (_record(row), row["secret_hash"]) if row else None
 
     async def list(self) -> list[ClientRecord]:
@@ -75,7 +77,9 @@ class ClientRegistry:
         return status.endswith(" 1")
 
     async def revoked_ids(self) -> set[str]:
-        rows = await self.connection.fetch("SELECT client_id FROM api_client WHERE revoked_at IS NOT NULL")
+        rows = await self.connection.fetch(
+            "SELECT client_id FROM api_client WHERE revoked_at IS NOT NULL"
+        )
         return {r["client_id"] for r in rows}
 
 

@@ -115,7 +115,9 @@ def owner_for_write(
     resource_type = resource["resourceType"]
     named = organizations_named(resource)
     if principal.kind != ClientKind.HOSPITAL:
-        return current_owner if exists else (named[0] if len(named) == 1 else principal.organization)
+        return (
+            current_owner if exists else (named[0] if len(named) == 1 else principal.organization)
+        )
     if exists and current_owner != principal.organization:
         raise forbidden(f"{resource_type}/{resource.get('id')} belongs to another organization")
     if resource_type in OWNERSHIP and principal.organization not in named:

@@ -44,9 +44,7 @@ def narrow(granted: frozenset[str], requested: frozenset[str]) -> frozenset[str]
         _, scope_type, letters = match.groups()
         letters = _V1.get(letters, letters)
         types = [scope_type] if scope_type != "*" else ["*"]
-        if all(
-            any(_covers(g, t, letter) for g in granted) for t in types for letter in letters
-        ):
+        if all(any(_covers(g, t, letter) for g in granted) for t in types for letter in letters):
             out.add(scope)
     return frozenset(out)
 

@@ -240,7 +240,7 @@ class ResourceRepository:
                           record["pk"])  # fmt: skip
 
         has_next = more if not backward else True
-        has_previous = (more if backward else cursor is not None)
+        has_previous = more if backward else cursor is not None
         return Page(
             rows,
             position(records[-1], False) if has_next else None,
@@ -258,7 +258,9 @@ class ResourceRepository:
                        ) -> list[StoredResource]:  # fmt: skip
         """Resources referenced by ``param`` of the given resources (``_include``)."""
         sql = Sql()
-        condition = f"x.pk = ANY({sql.add(source_pks)}::bigint[]) AND x.res_type = {sql.add(source_type)}"
+        condition = (
+            f"x.pk = ANY({sql.add(source_pks)}::bigint[]) AND x.res_type = {sql.add(source_type)}"
+        )
         condition += f" AND x.param = {sql.add(param)}"
         if target_type:
             condition += f" AND x.target_type = {sql.add(target_type)}"
@@ -313,7 +315,11 @@ class ResourceRepository:
         if since:
             where.append(f"v.last_updated >= {sql.add(since)}")
         if cursor is not None:
-            lu, pk, vid = sql.add(_parse_instant(cursor.values[0])), sql.add(cursor.pk), sql.add(int(cursor.values[1]))
+            lu, pk, vid = (
+                sql.add(_parse_instant(cursor.values[0])),
+                sql.add(cursor.pk),
+                sql.add(int(cursor.values[1])),
+            )
             where.append(f"(v.last_updated, v.pk, v.version_id) < ({lu}, {pk}, {vid})")
         query = (
             "SELECT v.pk, v.res_type, v.res_id, v.version_id, v.last_updated, v.content, "

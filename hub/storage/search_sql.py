@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.fhir.indexing import normalize
 from hub.fhir.search import (
     Criterion,
     Cursor,
@@ -19,7 +20,6 @@ from hub.fhir.search import (
     SortKey,
     TokenValue,
 )
-from hub.fhir.indexing import normalize
 from hub.fhir.searchparams import SearchParam
 
 TABLES = {
