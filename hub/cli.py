@@ -43,8 +43,12 @@ def main() -> None:
 @click.option("--host", default=None, help="interface to bind (default 127.0.0.1)")
 @click.option("--port", default=None, type=int, help="port (default 8000)")
 @click.option("--workers", default=1, show_default=True, help="worker processes")
-@click.option("--migrate/--no-migrate", default=True, show_default=True,
-              help="apply database migrations first")  # fmt: skip
+@click.option(
+    "--migrate/--no-migrate",
+    default=True,
+    show_default=True,
+    help="apply database migrations first",
+)
 def serve(host: str | None, port: int | None, workers: int, migrate: bool) -> None:
     """Run the HTTP API and web UI."""
     import uvicorn
@@ -59,9 +63,17 @@ def serve(host: str | None, port: int | None, workers: int, migrate: bool) -> No
         from hub.storage.migrate import upgrade
 
         upgrade(url)
-    uvicorn.run("hub.api.asgi:create", factory=True, host=host or settings.host,
-                port=port or settings.port, workers=workers, log_config=None,
-                access_log=False, timeout_graceful_shutdown=20, proxy_headers=False)  # fmt: skip
+    uvicorn.run(
+        "hub.api.asgi:create",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+        proxy_headers=False,
+    )
 
 
 @main.group()
@@ -92,17 +104,39 @@ class _Admin:
         os.environ.setdefault("YIJIAN_DATABASE_URL", _database_url(settings))
         self.hub = Hub.build(load_settings())
         user = os.environ.get("USER", "operator")
-        self.principal = Principal(f"cli:{user}", f"yijian CLI ({user})", ClientKind.ADMIN,
-                                   "hub", frozenset({"system/*.cruds"}))  # fmt: skip
+        self.principal = Principal(
+            f"cli:{user}",
+            f"yijian CLI ({user})",
+            ClientKind.ADMIN,
+            "hub",
+            frozenset({"system/*.cruds"}),
+        )
 
-    async def audit(self, action: str, interaction: str, entities: list[str], status: int = 200,
-                    detail: str | None = None) -> None:  # fmt: skip
+    async def audit(
+        self,
+        action: str,
+        interaction: str,
+        entities: list[str],
+        status: int = 200,
+        detail: str | None = None,
+    ) -> None:
         from hub.security.audit import AuditRecord
 
-        await self.hub.audit.write_now([AuditRecord.for_status(
-            status, action=action, interaction=interaction, client_id=self.principal.client_id,
-            client_kind="admin", organization="hub", source_ip="cli", entities=entities,
-            detail=detail)])  # fmt: skip
+        await self.hub.audit.write_now(
+            [
+                AuditRecord.for_status(
+                    status,
+                    action=action,
+                    interaction=interaction,
+                    client_id=self.principal.client_id,
+                    client_kind="admin",
+                    organization="hub",
+                    source_ip="cli",
+                    entities=entities,
+                    detail=detail,
+                )
+            ]
+        )
 
     async def close(self) -> None:
         await self.hub.database.dispose()
@@ -138,8 +172,12 @@ def orgs_add(name: str, identifier: str, as_json: bool) -> None:
         from hub.records.unit_of_work import unit_of_work
         from hub.storage.resources import WriteContext
 
-        resource = {"resourceType": "Organization", "active": True, "name": name,
-                    "identifier": [{"system": system, "value": value}]}  # fmt: skip
+        resource = {
+            "resourceType": "Organization",
+            "active": True,
+            "name": name,
+            "identifier": [{"system": system, "value": value}],
+        }
         async with unit_of_work(admin.hub.database, write=True) as uow:
             outcome = await admin.hub.records.create(
                 uow,
@@ -160,8 +198,17 @@ def orgs_add(name: str, identifier: str, as_json: bool) -> None:
         raise click.ClickException(error.diagnostics) from None
     stored = outcome.stored
     if as_json:
-        click.echo(json.dumps({"id": stored.resource_id, "name": name, "identifier": identifier,
-                               "created": outcome.created}, ensure_ascii=False))  # fmt: skip
+        click.echo(
+            json.dumps(
+                {
+                    "id": stored.resource_id,
+                    "name": name,
+                    "identifier": identifier,
+                    "created": outcome.created,
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
         verb = "registered" if outcome.created else "already registered"
         click.echo(f"Organization/{stored.resource_id} {verb}: {name}")
@@ -189,10 +236,13 @@ def clients_add(kind: str, organization: str, name: str, scope: str | None, as_j
         async with admin.hub.database.connection() as conn:
             exists = await conn.fetchval(
                 "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
-                "AND NOT deleted", organization)  # fmt: skip
+                "AND NOT deleted",
+                organization,
+            )
             if not exists:
-                raise click.ClickException(f"Organization/{organization} is not registered "
-                                           "(yijian orgs add)")  # fmt: skip
+                raise click.ClickException(
+                    f"Organization/{organization} is not registered (yijian orgs add)"
+                )
             try:
                 record, secret = await ClientRegistry(conn).add(
                     ClientKind(kind), organization, name, scope
@@ -204,13 +254,25 @@ def clients_add(kind: str, organization: str, name: str, scope: str | None, as_j
 
     record, secret = _admin_command(work)
     if as_json:
-        click.echo(json.dumps({"client_id": record.client_id, "client_secret": secret,
-                               "kind": kind, "organization": organization, "name": name,
-                               "scope": " ".join(sorted(record.scopes))}, ensure_ascii=False))  # fmt: skip
+        click.echo(
+            json.dumps(
+                {
+                    "client_id": record.client_id,
+                    "client_secret": secret,
+                    "kind": kind,
+                    "organization": organization,
+                    "name": name,
+                    "scope": " ".join(sorted(record.scopes)),
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
-        click.echo(f"client_id:     {record.client_id}\nclient_secret: {secret}\n"
-                   f"scope:         {' '.join(sorted(record.scopes))}\n"
-                   "(the secret is shown only now; store it safely)")  # fmt: skip
+        click.echo(
+            f"client_id:     {record.client_id}\nclient_secret: {secret}\n"
+            f"scope:         {' '.join(sorted(record.scopes))}\n"
+            "(the secret is shown only now; store it safely)"
+        )
 
 
 @clients.command("list")
@@ -224,17 +286,27 @@ def clients_list(as_json: bool) -> None:
             return await ClientRegistry(conn).list()
 
     records = _admin_command(work)
-    rows = [{"client_id": r.client_id, "name": r.name, "kind": str(r.kind),
-             "organization": r.organization, "scope": " ".join(sorted(r.scopes)),
-             "created": r.created_at.isoformat(),
-             "revoked": r.revoked_at.isoformat() if r.revoked_at else None} for r in records]  # fmt: skip
+    rows = [
+        {
+            "client_id": r.client_id,
+            "name": r.name,
+            "kind": str(r.kind),
+            "organization": r.organization,
+            "scope": " ".join(sorted(r.scopes)),
+            "created": r.created_at.isoformat(),
+            "revoked": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in records
+    ]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     for row in rows:
         state = f"revoked {row['revoked']}" if row["revoked"] else "active"
-        click.echo(f"{row['client_id']}\t{row['kind']}\tOrganization/{row['organization']}\t"
-                   f"{row['name']}\t{state}")  # fmt: skip
+        click.echo(
+            f"{row['client_id']}\t{row['kind']}\tOrganization/{row['organization']}\t"
+            f"{row['name']}\t{state}"
+        )
 
 
 @clients.command("revoke")
@@ -274,8 +346,10 @@ def audit_verify() -> None:
     report = _admin_command(work)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem}", err=True)
-    click.echo(f"{report.chains} chains, {report.records} records: "
-               + ("intact" if report.ok else f"{len(report.problems)} problems"))  # fmt: skip
+    click.echo(
+        f"{report.chains} chains, {report.records} records: "
+        + ("intact" if report.ok else f"{len(report.problems)} problems")
+    )
     sys.exit(0 if report.ok else 1)
 
 

@@ -42,13 +42,25 @@ class Hub:
         tz = zone(settings.default_timezone)
         base = (settings.public_base_url or "").rstrip("/")
         indexer = Indexer(registry, tz, base + "/fhir" if base else "")
-        parser = SearchParser(registry, tz, settings.search_default_count,
-                              settings.search_max_count, base + "/fhir" if base else "")  # fmt: skip
+        parser = SearchParser(
+            registry,
+            tz,
+            settings.search_default_count,
+            settings.search_max_count,
+            base + "/fhir" if base else "",
+        )
         keyring = KeyRing(settings.resolved_keys_dir)
         tokens = TokenService(keyring, settings.token_issuer, settings.token_lifetime_seconds)
         audit = AuditWriter(database.connection, load_audit_key(settings.resolved_keys_dir))
-        return cls(settings, database, registry, RecordService(registry, indexer, parser),
-                   keyring, tokens, audit)  # fmt: skip
+        return cls(
+            settings,
+            database,
+            registry,
+            RecordService(registry, indexer, parser),
+            keyring,
+            tokens,
+            audit,
+        )
 
     async def start(self) -> None:
         await self.audit.start()

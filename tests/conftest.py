@@ -70,13 +70,20 @@ class HubUnderTest:
         return self.base_url + "/fhir"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([YIJIAN, *args], env=self.env, capture_output=True, text=True,
-                              check=check, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [YIJIAN, *args], env=self.env, capture_output=True, text=True, check=check, timeout=120
+        )
 
     def token(self, client_id: str, secret: str, **form: str) -> httpx.Response:
-        return httpx.post(f"{self.base_url}/auth/token", data={
-            "grant_type": "client_credentials", "client_id": client_id,
-            "client_secret": secret, **form})  # fmt: skip
+        return httpx.post(
+            f"{self.base_url}/auth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": secret,
+                **form,
+            },
+        )
 
 
 def _free_port() -> int:
@@ -111,14 +118,21 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def hub(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubUnderTest]:
     data_dir = tmp_path_factory.mktemp("hub")
-    env = {**os.environ, "YIJIAN_DATABASE_URL": database_url, "YIJIAN_DATA_DIR": str(data_dir),
-           "YIJIAN_MAX_BODY_BYTES": str(MAX_BODY), "YIJIAN_LOG_LEVEL": "WARNING"}  # fmt: skip
+    env = {
+        **os.environ,
+        "YIJIAN_DATABASE_URL": database_url,
+        "YIJIAN_DATA_DIR": str(data_dir),
+        "YIJIAN_MAX_BODY_BYTES": str(MAX_BODY),
+        "YIJIAN_LOG_LEVEL": "WARNING",
+    }
     upgrade(database_url)
-    settings = load_settings(database_url=database_url, data_dir=data_dir,
-                             max_body_bytes=MAX_BODY, log_level="WARNING")  # fmt: skip
+    settings = load_settings(
+        database_url=database_url, data_dir=data_dir, max_body_bytes=MAX_BODY, log_level="WARNING"
+    )
     port = _free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")  # fmt: skip
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -131,8 +145,15 @@ def hub(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     under_test = HubUnderTest(base_url, database_url, env, "", "", {})
 
     def org(name: str, code: str) -> str:
-        out = under_test.cli("orgs", "add", "--name", name, "--identifier",
-                             f"https://yijian.example/hospital|{code}", "--json")  # fmt: skip
+        out = under_test.cli(
+            "orgs",
+            "add",
+            "--name",
+            name,
+            "--identifier",
+            f"https://yijian.example/hospital|{code}",
+            "--json",
+        )
         return str(json.loads(out.stdout)["id"])
 
     under_test.org_a = org("杭州市第一人民医院", "H-A")
@@ -144,16 +165,29 @@ def hub(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         ("doctor", "doctor", under_test.org_b),
         ("consultant", "consultant", under_test.org_b),
     ]:
-        out = under_test.cli("clients", "add", "--kind", kind, "--organization", organization,
-                             "--name", role, "--json")  # fmt: skip
+        out = under_test.cli(
+            "clients",
+            "add",
+            "--kind",
+            kind,
+            "--organization",
+            organization,
+            "--name",
+            role,
+            "--json",
+        )
         record = json.loads(out.stdout)
         token = under_test.token(record["client_id"], record["client_secret"]).json()[
             "access_token"
         ]
-        http = httpx.Client(base_url=under_test.fhir, timeout=30, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})  # fmt: skip
-        under_test.clients[role] = Client(record["client_id"], record["client_secret"],
-                                          organization, http)  # fmt: skip
+        http = httpx.Client(
+            base_url=under_test.fhir,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        )
+        under_test.clients[role] = Client(
+            record["client_id"], record["client_secret"], organization, http
+        )
     yield under_test
     for client in under_test.clients.values():
         client.http.close()
@@ -203,21 +237,38 @@ def patient(org: str, mrn: str | None = None, **fields: Any) -> dict[str, Any]:
     }
 
 
-def observation(org: str, patient_id: str, code: str = "718-7", value: float = 13.2,
-                when: str = "2026-11-20T09:30:00+08:00", **fields: Any) -> dict[str, Any]:  # fmt: skip
+def observation(
+    org: str,
+    patient_id: str,
+    code: str = "718-7",
+    value: float = 13.2,
+    when: str = "2026-11-20T09:30:00+08:00",
+    **fields: Any,
+) -> dict[str, Any]:
     """A final lab result (default: haemoglobin) performed by ``org``."""
     return {
         "resourceType": "Observation",
         "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": when,
         "issued": when,
         "performer": [{"reference": f"Organization/{org}"}],
-        "valueQuantity": {"value": value, "unit": "g/dL", "system": "http://unitsofmeasure.org",
-                          "code": "g/dL"},
+        "valueQuantity": {
+            "value": value,
+            "unit": "g/dL",
+            "system": "http://unitsofmeasure.org",
+            "code": "g/dL",
+        },
         **fields,
-    }  # fmt: skip
+    }

@@ -79,16 +79,18 @@ def test_conditional_update_creates_then_versions(hospital_a: Client) -> None:
     body = patient(hospital_a.organization, mrn)
     first = hospital_a.put("/Patient", params={"identifier": f"{system}|{mrn}"}, json=body)
     assert first.status_code == 201, first.text
-    second = hospital_a.put("/Patient", params={"identifier": f"{system}|{mrn}"},
-                            json={**body, "gender": "male"})  # fmt: skip
+    second = hospital_a.put(
+        "/Patient", params={"identifier": f"{system}|{mrn}"}, json={**body, "gender": "male"}
+    )
     assert second.status_code == 200
     assert second.json()["id"] == first.json()["id"]
     assert second.json()["meta"]["versionId"] == "2"
 
 
 def test_prefer_return_minimal(hospital_a: Client) -> None:
-    response = hospital_a.post("/Patient", json=patient(hospital_a.organization),
-                               headers={"Prefer": "return=minimal"})  # fmt: skip
+    response = hospital_a.post(
+        "/Patient", json=patient(hospital_a.organization), headers={"Prefer": "return=minimal"}
+    )
     assert response.status_code == 201
     assert response.content == b""
     assert "/Patient/" in response.headers["Location"]

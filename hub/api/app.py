@@ -37,8 +37,14 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
             await runtime.stop()  # in-flight requests have finished: graceful
             log.info("hub stopped")
 
-    app = FastAPI(title="Yijian Hub (医检互认平台)", version=__version__, lifespan=lifespan,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")  # fmt: skip
+    app = FastAPI(
+        title="Yijian Hub (医检互认平台)",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
     app.include_router(fhir.router)
     app.include_router(auth.router)
     app.include_router(operations.router)
@@ -62,8 +68,9 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         log.exception("unhandled error (request %s)", getattr(request.state, "request_id", "?"))
-        outcome = FhirError(500, "exception", "internal error; the request id identifies it in "
-                            "the server log").outcome()  # fmt: skip
+        outcome = FhirError(
+            500, "exception", "internal error; the request id identifies it in the server log"
+        ).outcome()
         return fhir_response(outcome, 500)
 
     return ObservabilityMiddleware(app, settings.max_body_bytes)  # type: ignore[return-value]

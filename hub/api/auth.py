@@ -52,10 +52,13 @@ async def token(request: Request) -> Response:
         and await asyncio.to_thread(client_secrets.verify_secret, secret, found[1])
     )
     record = AuditRecord.for_status(
-        200 if valid else 401, action="E", interaction="token", client_id=client_id[:100],
+        200 if valid else 401,
+        action="E",
+        interaction="token",
+        client_id=client_id[:100],
         source_ip=request.client.host if request.client else None,
         request_id=getattr(request.state, "request_id", None),
-    )  # fmt: skip
+    )
     if not valid or found is None:
         await hub.audit.record(record)
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
@@ -69,10 +72,17 @@ async def token(request: Request) -> Response:
     record.client_kind, record.organization = str(client.kind), client.organization
     await hub.audit.record(record)
     access_token, lifetime = hub.tokens.issue(principal)
-    body = {"access_token": access_token, "token_type": "bearer", "expires_in": lifetime,
-            "scope": " ".join(sorted(granted))}  # fmt: skip
-    return Response(orjson.dumps(body), media_type="application/json",
-                    headers={"Cache-Control": "no-store", "Pragma": "no-cache"})  # fmt: skip
+    body = {
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": lifetime,
+        "scope": " ".join(sorted(granted)),
+    }
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
 
 
 @router.get("/jwks.json")

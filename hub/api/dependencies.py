@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from hub.fhir.outcomes import FhirError
 from hub.records.unit_of_work import UnitOfWork
@@ -23,8 +24,12 @@ def get_hub(request: Request) -> Hub:
 
 
 def _unauthorized(message: str) -> FhirError:
-    return FhirError(401, "login", message,
-                     headers={"WWW-Authenticate": 'Bearer realm="yijian", error="invalid_token"'})  # fmt: skip
+    return FhirError(
+        401,
+        "login",
+        message,
+        headers={"WWW-Authenticate": 'Bearer realm="yijian", error="invalid_token"'},
+    )
 
 
 def authenticate(request: Request) -> Principal:
@@ -32,8 +37,12 @@ def authenticate(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise FhirError(401, "login", "a bearer access token is required",
-                        headers={"WWW-Authenticate": 'Bearer realm="yijian"'})  # fmt: skip
+        raise FhirError(
+            401,
+            "login",
+            "a bearer access token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="yijian"'},
+        )
     hub = get_hub(request)
     try:
         principal = hub.tokens.verify(token.strip())
@@ -45,9 +54,14 @@ def authenticate(request: Request) -> Principal:
     return principal
 
 
+Caller = Annotated[Principal, Depends(authenticate)]
+"""The authenticated principal of a request (401 without a valid bearer token)."""
+
+
 def write_context(request: Request, principal: Principal) -> WriteContext:
-    return WriteContext(principal.client_id, principal.organization,
-                        getattr(request.state, "request_id", None))  # fmt: skip
+    return WriteContext(
+        principal.client_id, principal.organization, getattr(request.state, "request_id", None)
+    )
 
 
 @dataclass
@@ -67,8 +81,13 @@ class AuditScope:
 
 
 @contextlib.asynccontextmanager
-async def audited(request: Request, principal: Principal | None, interaction: str, action: str,
-                  query: str | None = None) -> AsyncIterator[AuditScope]:  # fmt: skip
+async def audited(
+    request: Request,
+    principal: Principal | None,
+    interaction: str,
+    action: str,
+    query: str | None = None,
+) -> AsyncIterator[AuditScope]:
     """Record an audit event for the request, whatever its outcome, before it is answered."""
     scope = AuditScope(interaction, action, query=query)
     detail = None

@@ -8,10 +8,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from hub.api.dependencies import audited, authenticate, get_hub, write_context
+from hub.api.dependencies import Caller, audited, get_hub, write_context
 from hub.api.responses import bundle, entry, fhir_response, history_entry, version_headers
 from hub.fhir import capability
 from hub.fhir.outcomes import FhirError, bad_request, information
@@ -66,8 +66,11 @@ def redacted_query(hub: Hub, pairs: list[tuple[str, str]]) -> str | None:
 async def read_json(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "")
     if content_type and "json" not in content_type:
-        raise FhirError(415, "not-supported", f"unsupported content type {content_type!r}; "
-                        "send application/fhir+json")  # fmt: skip
+        raise FhirError(
+            415,
+            "not-supported",
+            f"unsupported content type {content_type!r}; send application/fhir+json",
+        )
     body = await request.body()
     if not body:
         raise bad_request("the request body is empty", code="structure")
@@ -92,8 +95,9 @@ def query_pairs(request: Request) -> list[tuple[str, str]]:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     hub = get_hub(request)
-    return fhir_response(capability.capability_statement(hub.registry, fhir_base(request)),
-                         pretty=pretty(request))  # fmt: skip
+    return fhir_response(
+        capability.capability_statement(hub.registry, fhir_base(request)), pretty=pretty(request)
+    )
 
 
 @router.get("/.well-known/smart-configuration")
@@ -117,24 +121,21 @@ async def smart_configuration(request: Request) -> Response:
 
 
 @router.post("")
-async def batch_or_transaction(
-    request: Request, principal: Principal = Depends(authenticate)
-) -> Response:
+async def batch_or_transaction(request: Request, principal: Caller) -> Response:
     hub = get_hub(request)
     body = await read_json(request)
     kind = body.get("type") if body.get("resourceType") == "Bundle" else None
     if kind not in ("batch", "transaction"):
         raise bad_request("POST to the base must be a Bundle of type batch or transaction")
     async with audited(request, principal, kind, "E") as audit:
-        result = await bundles.process(hub, principal, body, write_context(request, principal),
-                                       fhir_base(request), audit)  # fmt: skip
+        result = await bundles.process(
+            hub, principal, body, write_context(request, principal), fhir_base(request), audit
+        )
     return fhir_response(result, pretty=pretty(request))
 
 
 @router.get("/_history")
-async def system_history(
-    request: Request, principal: Principal = Depends(authenticate)
-) -> Response:
+async def system_history(request: Request, principal: Caller) -> Response:
     return await _history(request, principal, None, None)
 
 
@@ -142,44 +143,44 @@ async def system_history(
 
 
 @router.get("/{resource_type}/_history")
-async def type_history(resource_type: str, request: Request,
-                       principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def type_history(resource_type: str, request: Request, principal: Caller) -> Response:
     return await _history(request, principal, resource_type, None)
 
 
 @router.get("/{resource_type}")
-async def search(resource_type: str, request: Request,
-                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def search(resource_type: str, request: Request, principal: Caller) -> Response:
     return await _search(request, principal, resource_type, query_pairs(request))
 
 
 @router.post("/{resource_type}/_search")
-async def search_post(resource_type: str, request: Request,
-                      principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def search_post(resource_type: str, request: Request, principal: Caller) -> Response:
     form = await request.form()
     pairs = query_pairs(request) + [(k, str(v)) for k, v in form.multi_items()]
     return await _search(request, principal, resource_type, pairs)
 
 
 @router.post("/{resource_type}")
-async def create(resource_type: str, request: Request,
-                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def create(resource_type: str, request: Request, principal: Caller) -> Response:
     hub = get_hub(request)
     check_type(resource_type)
     async with audited(request, principal, "create", "C") as audit:
         resource = await read_json(request)
         async with unit_of_work(hub.database, write=True) as uow:
-            outcome = await hub.records.create(uow, principal, resource_type, resource,
-                                               write_context(request, principal),
-                                               request.headers.get("if-none-exist"))  # fmt: skip
+            outcome = await hub.records.create(
+                uow,
+                principal,
+                resource_type,
+                resource,
+                write_context(request, principal),
+                request.headers.get("if-none-exist"),
+            )
         audit.capture(uow)
         audit.status = 201 if outcome.created else 200
     return _write_response(request, outcome.stored, 201 if outcome.created else 200)
 
 
 @router.put("/{resource_type}")
-async def conditional_update(resource_type: str, request: Request,
-                             principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def conditional_update(resource_type: str, request: Request, principal: Caller) -> Response:
     hub = get_hub(request)
     check_type(resource_type)
     pairs = query_pairs(request)
@@ -188,8 +189,9 @@ async def conditional_update(resource_type: str, request: Request,
     async with audited(request, principal, "update", "U", redacted_query(hub, pairs)) as audit:
         resource = await read_json(request)
         async with unit_of_work(hub.database, write=True) as uow:
-            outcome = await hub.records.conditional_update(uow, principal, resource_type, pairs,
-                                                           resource, write_context(request, principal))  # fmt: skip
+            outcome = await hub.records.conditional_update(
+                uow, principal, resource_type, pairs, resource, write_context(request, principal)
+            )
         audit.capture(uow)
         audit.status = 201 if outcome.created else 200
     return _write_response(request, outcome.stored, audit.status)
@@ -200,18 +202,21 @@ async def conditional_update(resource_type: str, request: Request,
 
 @router.get("/Patient/{patient_id}/$everything")
 @router.post("/Patient/{patient_id}/$everything")
-async def patient_everything(patient_id: str, request: Request,
-                             principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def patient_everything(patient_id: str, request: Request, principal: Caller) -> Response:
     hub = get_hub(request)
     query = dict(query_pairs(request))
     async with audited(request, principal, "operation:everything", "R") as audit:
         async with unit_of_work(hub.database, write=False) as uow:
-            page, referenced = await hub.records.everything(uow, principal, patient_id, query,
-                                                            hub.settings.search_default_count)  # fmt: skip
+            page, referenced = await hub.records.everything(
+                uow, principal, patient_id, query, hub.settings.search_default_count
+            )
         audit.capture(uow)
     base = fhir_base(request)
-    links = _links(f"{base}/Patient/{patient_id}/$everything",
-                   [(k, v) for k, v in query.items() if k != "_cursor"], page)  # fmt: skip
+    links = _links(
+        f"{base}/Patient/{patient_id}/$everything",
+        [(k, v) for k, v in query.items() if k != "_cursor"],
+        page,
+    )
     entries = [entry(s, base, "match") for s in page.rows] + [
         entry(s, base, "include") for s in referenced
     ]
@@ -220,8 +225,12 @@ async def patient_everything(patient_id: str, request: Request,
 
 
 @router.get("/{resource_type}/{resource_id}")
-async def read(resource_type: str, resource_id: str, request: Request,
-               principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def read(
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
     hub = get_hub(request)
     async with audited(request, principal, "read", "R") as audit:
         async with unit_of_work(hub.database, write=False) as uow:
@@ -235,43 +244,67 @@ async def read(resource_type: str, resource_id: str, request: Request,
 
 
 @router.put("/{resource_type}/{resource_id}")
-async def update(resource_type: str, resource_id: str, request: Request,
-                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def update(
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
     hub = get_hub(request)
     check_type(resource_type)
     async with audited(request, principal, "update", "U") as audit:
         resource = await read_json(request)
         async with unit_of_work(hub.database, write=True) as uow:
-            outcome = await hub.records.update(uow, principal, resource_type, resource_id, resource,
-                                               write_context(request, principal),
-                                               request.headers.get("if-match"))  # fmt: skip
+            outcome = await hub.records.update(
+                uow,
+                principal,
+                resource_type,
+                resource_id,
+                resource,
+                write_context(request, principal),
+                request.headers.get("if-match"),
+            )
         audit.capture(uow)
         audit.status = 201 if outcome.created else 200
     return _write_response(request, outcome.stored, audit.status)
 
 
 @router.delete("/{resource_type}/{resource_id}")
-async def delete(resource_type: str, resource_id: str, request: Request,
-                 principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def delete(
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
     hub = get_hub(request)
     async with audited(request, principal, "delete", "D") as audit:
         async with unit_of_work(hub.database, write=True) as uow:
-            await hub.records.delete(uow, principal, resource_type, resource_id,
-                                     write_context(request, principal))  # fmt: skip
+            await hub.records.delete(
+                uow, principal, resource_type, resource_id, write_context(request, principal)
+            )
         audit.capture(uow)
         audit.status = 204
     return Response(status_code=204)
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
-async def instance_history(resource_type: str, resource_id: str, request: Request,
-                           principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def instance_history(
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
     return await _history(request, principal, resource_type, resource_id)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
-async def vread(resource_type: str, resource_id: str, version_id: str, request: Request,
-                principal: Principal = Depends(authenticate)) -> Response:  # fmt: skip
+async def vread(
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+    request: Request,
+    principal: Caller,
+) -> Response:
     hub = get_hub(request)
     async with audited(request, principal, "vread", "R") as audit:
         async with unit_of_work(hub.database, write=False) as uow:
@@ -291,40 +324,54 @@ def _write_response(request: Request, stored: Any, status: int) -> Response:
     if preference == "minimal":
         return Response(status_code=status, headers=headers)
     if preference == "OperationOutcome":
-        return fhir_response(information(f"{stored.resource_type}/{stored.resource_id} stored"),
-                             status, headers)  # fmt: skip
+        return fhir_response(
+            information(f"{stored.resource_type}/{stored.resource_id} stored"), status, headers
+        )
     return fhir_response(stored.content, status, headers, pretty=pretty(request))
 
 
-async def _search(request: Request, principal: Principal, resource_type: str,
-                  pairs: list[tuple[str, str]]) -> Response:  # fmt: skip
+async def _search(
+    request: Request, principal: Principal, resource_type: str, pairs: list[tuple[str, str]]
+) -> Response:
     hub = get_hub(request)
     check_type(resource_type)
     async with audited(request, principal, "search-type", "E", redacted_query(hub, pairs)) as audit:
         async with unit_of_work(hub.database, write=False) as uow:
-            result = await hub.records.search(uow, principal, resource_type, pairs,
-                                              strict_handling(request))  # fmt: skip
+            result = await hub.records.search(
+                uow, principal, resource_type, pairs, strict_handling(request)
+            )
         audit.capture(uow)
-    return fhir_response(search_bundle(result, fhir_base(request), resource_type),
-                         pretty=pretty(request))  # fmt: skip
+    return fhir_response(
+        search_bundle(result, fhir_base(request), resource_type), pretty=pretty(request)
+    )
 
 
 def search_bundle(result: SearchResult, base: str, resource_type: str) -> dict[str, Any]:
     request = result.request
     used = [(k, v) for k, v in request.used if k != "_cursor"]
-    links = _links(f"{base}/{resource_type}", used, result.page,
-                   self_cursor=request.cursor.encode() if request.cursor else None)  # fmt: skip
+    links = _links(
+        f"{base}/{resource_type}",
+        used,
+        result.page,
+        self_cursor=request.cursor.encode() if request.cursor else None,
+    )
     entries = [entry(s, base, "match", request.elements) for s in result.page.rows]
     entries += [entry(s, base, "include", request.elements) for s in result.included]
     if request.ignored:
-        entries.append({"resource": information(
-            "ignored unknown search parameters: " + ", ".join(sorted(set(request.ignored)))),
-            "search": {"mode": "outcome"}})  # fmt: skip
+        entries.append(
+            {
+                "resource": information(
+                    "ignored unknown search parameters: " + ", ".join(sorted(set(request.ignored)))
+                ),
+                "search": {"mode": "outcome"},
+            }
+        )
     return bundle("searchset", entries, links, result.total)
 
 
-def _links(url: str, used: list[tuple[str, str]], page: Page,
-           self_cursor: str | None = None) -> list[tuple[str, str]]:  # fmt: skip
+def _links(
+    url: str, used: list[tuple[str, str]], page: Page, self_cursor: str | None = None
+) -> list[tuple[str, str]]:
     def link(cursor: str | None) -> str:
         params = used + ([("_cursor", cursor)] if cursor else [])
         return f"{url}?{urlencode(params)}" if params else url
@@ -337,8 +384,9 @@ def _links(url: str, used: list[tuple[str, str]], page: Page,
     return links
 
 
-async def _history(request: Request, principal: Principal, resource_type: str | None,
-                   resource_id: str | None) -> Response:  # fmt: skip
+async def _history(
+    request: Request, principal: Principal, resource_type: str | None, resource_id: str | None
+) -> Response:
     hub = get_hub(request)
     if resource_type:
         check_type(resource_type)
@@ -350,15 +398,18 @@ async def _history(request: Request, principal: Principal, resource_type: str | 
     )
     async with audited(request, principal, interaction, "R") as audit:
         async with unit_of_work(hub.database, write=False) as uow:
-            page = await hub.records.history(uow, principal, resource_type, resource_id, query,
-                                             hub.settings.search_default_count)  # fmt: skip
+            page = await hub.records.history(
+                uow, principal, resource_type, resource_id, query, hub.settings.search_default_count
+            )
         audit.capture(uow)
     base = fhir_base(request)
     url = "/".join(p for p in (base, resource_type, resource_id, "_history") if p)
     used = [(k, v) for k, v in query.items() if k != "_cursor"]
     links = _links(url, used, page, query.get("_cursor"))
-    return fhir_response(bundle("history", [history_entry(s, base) for s in page.rows], links),
-                         pretty=pretty(request))  # fmt: skip
+    return fhir_response(
+        bundle("history", [history_entry(s, base) for s in page.rows], links),
+        pretty=pretty(request),
+    )
 
 
 __all__ = ["RESOURCE_TYPES", "router"]

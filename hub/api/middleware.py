@@ -18,9 +18,11 @@ access_log = logging.getLogger("yijian.access")
 
 REQUESTS = Counter("yijian_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
-    "yijian_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    "yijian_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
+)
 
 
 class BodyTooLarge(Exception):
@@ -88,11 +90,19 @@ class ObservabilityMiddleware:
             state = scope.get("state", {})
             principal = state.get("principal")
             # The route template, never the raw path or query: those may carry identifiers.
-            access_log.info(orjson.dumps({
-                "event": "request", "request_id": request_id, "method": method, "route": route,
-                "status": status, "ms": round(elapsed * 1000, 2),
-                "client_id": getattr(principal, "client_id", None),
-            }).decode())  # fmt: skip
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "event": "request",
+                        "request_id": request_id,
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                        "client_id": getattr(principal, "client_id", None),
+                    }
+                ).decode()
+            )
 
 
 def _route(scope: Scope) -> str:
@@ -102,14 +112,31 @@ def _route(scope: Scope) -> str:
 
 
 async def _too_large(send: Send, request_id: str, limit: int) -> None:
-    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": "too-long",
-        "diagnostics": f"the request body exceeds the limit of {limit} bytes"}]})  # fmt: skip
+    body = orjson.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "too-long",
+                    "diagnostics": f"the request body exceeds the limit of {limit} bytes",
+                }
+            ],
+        }
+    )
     try:
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/fhir+json; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
-            (b"connection", b"close")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/fhir+json; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
     except Exception:
         logging.getLogger(__name__).debug("could not send 413", exc_info=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from hub.api.dependencies import authenticate, get_hub
+from hub.api.dependencies import Caller, get_hub
 from hub.fhir.outcomes import forbidden
-from hub.security.principals import ClientKind, Principal
+from hub.security.principals import ClientKind
 
 router = APIRouter()
 
@@ -30,7 +30,7 @@ async def healthz(request: Request) -> Response:
 
 
 @router.get("/metrics")
-async def metrics(principal: Principal = Depends(authenticate)) -> Response:
+async def metrics(principal: Caller) -> Response:
     """Prometheus metrics; scraped with an admin client's bearer token."""
     if principal.kind != ClientKind.ADMIN:
         raise forbidden("metrics are for admin clients")

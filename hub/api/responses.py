@@ -13,8 +13,9 @@ from hub.storage.resources import StoredResource
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 
-def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  pretty: bool = False) -> Response:  # fmt: skip
+def fhir_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, pretty: bool = False
+) -> Response:
     """``body`` is a dict, or JSON text/bytes already serialised."""
     if isinstance(body, str):
         body = body.encode()
@@ -40,16 +41,21 @@ def fragment(stored: StoredResource, elements: list[str] | None = None) -> Any:
         keep = {"resourceType", "id", "meta", *elements}
         subset = {k: v for k, v in resource.items() if k in keep}
         meta = dict(subset.get("meta", {}))
-        meta["tag"] = [*meta.get("tag", []), {
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-            "code": "SUBSETTED"}]  # fmt: skip
+        meta["tag"] = [
+            *meta.get("tag", []),
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                "code": "SUBSETTED",
+            },
+        ]
         subset["meta"] = meta
         return subset
     return orjson.Fragment(stored.content)
 
 
-def entry(stored: StoredResource, base: str, mode: str | None = None,
-          elements: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def entry(
+    stored: StoredResource, base: str, mode: str | None = None, elements: list[str] | None = None
+) -> dict[str, Any]:
     item: dict[str, Any] = {
         "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
         "resource": fragment(stored, elements),
@@ -75,8 +81,13 @@ def history_entry(stored: StoredResource, base: str) -> dict[str, Any]:
     return item
 
 
-def bundle(kind: str, entries: list[dict[str, Any]], links: list[tuple[str, str]] | None = None,
-           total: int | None = None, bundle_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+def bundle(
+    kind: str,
+    entries: list[dict[str, Any]],
+    links: list[tuple[str, str]] | None = None,
+    total: int | None = None,
+    bundle_id: str | None = None,
+) -> dict[str, Any]:
     import uuid
     from datetime import UTC, datetime
 

@@ -17,8 +17,11 @@ def capability_statement(registry: SearchParamRegistry, base: str) -> dict[str, 
     for resource_type in RESOURCE_TYPES:
         params = registry.for_type(resource_type)
         read_only = resource_type in READ_ONLY
-        interactions = (["read", "vread", "history-instance", "search-type", "history-type"]
-                        if read_only else INSTANCE + TYPE)  # fmt: skip
+        interactions = (
+            ["read", "vread", "history-instance", "search-type", "history-type"]
+            if read_only
+            else INSTANCE + TYPE
+        )
         references = sorted(p.code for p in params if p.type == "reference")
         entry: dict[str, Any] = {
             "type": resource_type,
@@ -45,10 +48,12 @@ def capability_statement(registry: SearchParamRegistry, base: str) -> dict[str, 
             ],
         }
         if resource_type == "Patient":
-            entry["operation"] = [{
-                "name": "everything",
-                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-            }]  # fmt: skip
+            entry["operation"] = [
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }
+            ]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
@@ -60,28 +65,45 @@ def capability_statement(registry: SearchParamRegistry, base: str) -> dict[str, 
         "implementation": {"description": "Yijian Hub FHIR server", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "security": {
-                "cors": False,
-                "service": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR"}]}],
-                "extension": [{
-                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": base[: -len("/fhir")] + "/auth/token"}],
-                }],
-            },
-            "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-            "searchParam": [
-                {"name": "_count", "type": "number"},
-                {"name": "_sort", "type": "string"},
-                {"name": "_include", "type": "special"},
-                {"name": "_revinclude", "type": "special"},
-                {"name": "_summary", "type": "token", "documentation": "count and false only"},
-                {"name": "_total", "type": "token"},
-                {"name": "_elements", "type": "string"},
-            ],
-        }],
-    }  # fmt: skip
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [
+                                {"url": "token", "valueUri": base[: -len("/fhir")] + "/auth/token"}
+                            ],
+                        }
+                    ],
+                },
+                "resource": resources,
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
+                "searchParam": [
+                    {"name": "_count", "type": "number"},
+                    {"name": "_sort", "type": "string"},
+                    {"name": "_include", "type": "special"},
+                    {"name": "_revinclude", "type": "special"},
+                    {"name": "_summary", "type": "token", "documentation": "count and false only"},
+                    {"name": "_total", "type": "token"},
+                    {"name": "_elements", "type": "string"},
+                ],
+            }
+        ],
+    }

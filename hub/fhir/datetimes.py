@@ -45,9 +45,14 @@ def parse_range(value: str, default_zone: tzinfo) -> tuple[datetime, datetime]:
             low = datetime(year, month, day, tzinfo=zone)
             return _utc(low), _utc(low + timedelta(days=1))
         low = datetime(
-            year, month, day, int(parts["hour"]), int(parts["minute"]),
-            int(parts["second"] or 0), tzinfo=zone,
-        )  # fmt: skip
+            year,
+            month,
+            day,
+            int(parts["hour"]),
+            int(parts["minute"]),
+            int(parts["second"] or 0),
+            tzinfo=zone,
+        )
         if parts["second"] is None:
             return _utc(low), _utc(low + timedelta(minutes=1))
         if parts["fraction"]:

@@ -131,8 +131,13 @@ def tokens(value: Any) -> list[tuple[str | None, str | None, str | None]]:
         return [(value.get("system"), value["code"], value.get("display"))]
     if "value" in value:  # Identifier, ContactPoint
         system = value.get("system")
-        return [(system, str(value["value"]), value.get("type", {}).get("text")
-                 if isinstance(value.get("type"), dict) else None)]  # fmt: skip
+        return [
+            (
+                system,
+                str(value["value"]),
+                value.get("type", {}).get("text") if isinstance(value.get("type"), dict) else None,
+            )
+        ]
     return []
 
 

@@ -140,10 +140,26 @@ def _children(node: Any, step: str, cast: str | None) -> Iterator[tuple[Any, str
 
 
 _PRIMITIVE_CHOICES = {
-    "string", "boolean", "integer", "decimal", "dateTime", "date", "time", "instant", "uri",
-    "url", "canonical", "code", "id", "oid", "uuid", "markdown", "base64Binary",
-    "positiveInt", "unsignedInt",
-}  # fmt: skip
+    "string",
+    "boolean",
+    "integer",
+    "decimal",
+    "dateTime",
+    "date",
+    "time",
+    "instant",
+    "uri",
+    "url",
+    "canonical",
+    "code",
+    "id",
+    "oid",
+    "uuid",
+    "markdown",
+    "base64Binary",
+    "positiveInt",
+    "unsignedInt",
+}
 
 
 def _choice_type(suffix: str) -> str:

@@ -28,8 +28,18 @@ MODIFIERS = {
     "quantity": {"missing"},
     "uri": {"missing", "below"},
 }
-RESULT_PARAMS = {"_count", "_sort", "_include", "_revinclude", "_summary", "_total",
-                 "_elements", "_format", "_pretty", "_cursor"}  # fmt: skip
+RESULT_PARAMS = {
+    "_count",
+    "_sort",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_total",
+    "_elements",
+    "_format",
+    "_pretty",
+    "_cursor",
+}
 MAX_CHAIN_DEPTH = 3
 
 
@@ -126,8 +136,14 @@ class SearchRequest:
 class SearchParser:
     """Parses query parameters against the search-parameter registry."""
 
-    def __init__(self, registry: SearchParamRegistry, zone: tzinfo, default_count: int,
-                 max_count: int, base_url: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        registry: SearchParamRegistry,
+        zone: tzinfo,
+        default_count: int,
+        max_count: int,
+        base_url: str = "",
+    ):
         self.registry = registry
         self.zone = zone
         self.default_count = default_count
@@ -174,8 +190,13 @@ class SearchParser:
             chained = [c for c in chained if c is not None]
             if not chained:
                 raise _Unknown(f"no target of {code} has a search parameter {rest!r}")
-            return Criterion(param, None, [], chain=chained[0],
-                             chain_types=tuple(c.param.resource_type for c in chained))  # fmt: skip
+            return Criterion(
+                param,
+                None,
+                [],
+                chain=chained[0],
+                chain_types=tuple(c.param.resource_type for c in chained),
+            )
         if modifier and modifier not in MODIFIERS[param.type]:
             if not (param.type == "reference" and modifier in param.targets):
                 raise bad_request(f"modifier :{modifier} is not supported on {code}")

@@ -16,10 +16,22 @@ from hub.fhir.paths import CompiledPath, compile_expression
 
 # The resource types the hub serves, in CapabilityStatement order.
 RESOURCE_TYPES: tuple[str, ...] = (
-    "Patient", "Organization", "Practitioner", "PractitionerRole", "Observation",
-    "DiagnosticReport", "ImagingStudy", "Specimen", "ServiceRequest", "Encounter",
-    "Consent", "Provenance", "AuditEvent", "Endpoint", "Basic",
-)  # fmt: skip
+    "Patient",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Observation",
+    "DiagnosticReport",
+    "ImagingStudy",
+    "Specimen",
+    "ServiceRequest",
+    "Encounter",
+    "Consent",
+    "Provenance",
+    "AuditEvent",
+    "Endpoint",
+    "Basic",
+)
 
 INDEXED_TYPES = frozenset({"token", "string", "date", "reference", "quantity", "uri"})
 COLUMN_PARAMS = {"_id": "res_id", "_lastUpdated": "last_updated"}

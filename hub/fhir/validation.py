@@ -41,7 +41,7 @@ def validate(resource: dict[str, Any], resource_type: str) -> None:
     issues: list[dict[str, Any]] = []
     if resource.get("resourceType") != resource_type:
         raise FhirError(
-            400 if "resourceType" not in resource else 400,
+            400,
             "invalid",
             f"resourceType is {resource.get('resourceType')!r}, expected {resource_type!r}",
             expression=["resourceType"],
@@ -55,8 +55,13 @@ def validate(resource: dict[str, Any], resource_type: str) -> None:
         _model(resource_type).model_validate(resource)
     except ValidationError as error:
         for detail in error.errors()[:MAX_ISSUES]:
-            issues.append(_issue(_issue_code(detail["type"]), _fhirpath(resource_type, detail["loc"]),
-                                 _message(detail)))  # fmt: skip
+            issues.append(
+                _issue(
+                    _issue_code(detail["type"]),
+                    _fhirpath(resource_type, detail["loc"]),
+                    _message(detail),
+                )
+            )
     except (TypeError, ValueError) as error:  # defensive: models raising outside pydantic
         issues.append(_issue("structure", resource_type, str(error)))
     for base, path, codes in _bindings():
@@ -65,8 +70,9 @@ def validate(resource: dict[str, Any], resource_type: str) -> None:
         for value, _ in path.evaluate(resource):
             if isinstance(value, str) and value not in codes:
                 allowed = ", ".join(sorted(codes))
-                issues.append(_issue("code-invalid", path.expression,
-                                     f"{value!r} is not one of: {allowed}"))  # fmt: skip
+                issues.append(
+                    _issue("code-invalid", path.expression, f"{value!r} is not one of: {allowed}")
+                )
     if issues:
         first = issues[0]
         raise FhirError(

@@ -26,8 +26,14 @@ ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 MAX_ENTRIES = 10_000
 
 
-async def process(hub: Hub, principal: Principal, body: dict[str, Any], context: WriteContext,
-                  base: str, audit: AuditScope) -> dict[str, Any]:  # fmt: skip
+async def process(
+    hub: Hub,
+    principal: Principal,
+    body: dict[str, Any],
+    context: WriteContext,
+    base: str,
+    audit: AuditScope,
+) -> dict[str, Any]:
     entries = body.get("entry") or []
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
@@ -38,15 +44,22 @@ async def process(hub: Hub, principal: Principal, body: dict[str, Any], context:
             or request.get("method") not in ORDER
             or not request.get("url")
         ):
-            raise bad_request(f"Bundle.entry[{index}].request needs a method and url",
-                              code="structure")  # fmt: skip
+            raise bad_request(
+                f"Bundle.entry[{index}].request needs a method and url", code="structure"
+            )
     if body["type"] == "transaction":
         return await _transaction(hub, principal, entries, context, base, audit)
     return await _batch(hub, principal, entries, context, base, audit)
 
 
-async def _transaction(hub: Hub, principal: Principal, entries: list[dict[str, Any]],
-                       context: WriteContext, base: str, audit: AuditScope) -> dict[str, Any]:  # fmt: skip
+async def _transaction(
+    hub: Hub,
+    principal: Principal,
+    entries: list[dict[str, Any]],
+    context: WriteContext,
+    base: str,
+    audit: AuditScope,
+) -> dict[str, Any]:
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     responses: list[dict[str, Any] | None] = [None] * len(entries)
     mapping = _assign_ids(entries)
@@ -57,8 +70,9 @@ async def _transaction(hub: Hub, principal: Principal, entries: list[dict[str, A
                 if index in matched:
                     responses[index] = _response(matched[index], base, 200)
                     continue
-                responses[index] = await _entry(hub, principal, uow, entries[index], context,
-                                                base, mapping)  # fmt: skip
+                responses[index] = await _entry(
+                    hub, principal, uow, entries[index], context, base, mapping
+                )
             except FhirError as error:
                 error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
                 raise
@@ -66,9 +80,13 @@ async def _transaction(hub: Hub, principal: Principal, entries: list[dict[str, A
     return bundle("transaction-response", [r for r in responses if r is not None])
 
 
-async def _resolve_conditional_creates(hub: Hub, principal: Principal, uow: UnitOfWork,
-                                       entries: list[dict[str, Any]], mapping: dict[str, str]
-                                       ) -> dict[int, StoredResource]:  # fmt: skip
+async def _resolve_conditional_creates(
+    hub: Hub,
+    principal: Principal,
+    uow: UnitOfWork,
+    entries: list[dict[str, Any]],
+    mapping: dict[str, str],
+) -> dict[int, StoredResource]:
     """Match every conditional create first, so references to it point at what it matched."""
     matched = {}
     for index, item in enumerate(entries):
@@ -77,8 +95,9 @@ async def _resolve_conditional_creates(hub: Hub, principal: Principal, uow: Unit
             continue
         resource_type = request["url"].split("?", 1)[0].strip("/")
         try:
-            existing = await hub.records.match_if_none_exist(uow, principal, resource_type,
-                                                             request["ifNoneExist"])  # fmt: skip
+            existing = await hub.records.match_if_none_exist(
+                uow, principal, resource_type, request["ifNoneExist"]
+            )
         except FhirError as error:
             error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
             raise
@@ -89,8 +108,14 @@ async def _resolve_conditional_creates(hub: Hub, principal: Principal, uow: Unit
     return matched
 
 
-async def _batch(hub: Hub, principal: Principal, entries: list[dict[str, Any]],
-                 context: WriteContext, base: str, audit: AuditScope) -> dict[str, Any]:  # fmt: skip
+async def _batch(
+    hub: Hub,
+    principal: Principal,
+    entries: list[dict[str, Any]],
+    context: WriteContext,
+    base: str,
+    audit: AuditScope,
+) -> dict[str, Any]:
     responses = []
     for item in entries:
         try:
@@ -110,8 +135,12 @@ def _assign_ids(entries: list[dict[str, Any]]) -> dict[str, str]:
     for item in entries:
         full_url = item.get("fullUrl")
         resource = item.get("resource")
-        if (isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)
-                and item["request"]["method"] == "POST"):  # fmt: skip
+        if (
+            isinstance(full_url, str)
+            and full_url.startswith("urn:")
+            and isinstance(resource, dict)
+            and item["request"]["method"] == "POST"
+        ):
             mapping[full_url] = f"{resource.get('resourceType')}/{uuid.uuid4()}"
         elif (
             isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)
@@ -149,8 +178,15 @@ def _unresolved(value: Any) -> str | None:
     return None
 
 
-async def _entry(hub: Hub, principal: Principal, uow: UnitOfWork, item: dict[str, Any],
-                 context: WriteContext, base: str, mapping: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+async def _entry(
+    hub: Hub,
+    principal: Principal,
+    uow: UnitOfWork,
+    item: dict[str, Any],
+    context: WriteContext,
+    base: str,
+    mapping: dict[str, str],
+) -> dict[str, Any]:
     request = item["request"]
     method = request["method"]
     url = request["url"]
@@ -183,11 +219,13 @@ async def _entry(hub: Hub, principal: Principal, uow: UnitOfWork, item: dict[str
             )
             return _response(outcome.stored, base, 201)
         if len(path) == 2:
-            result = await records.update(uow, principal, path[0], path[1], resource, context,
-                                          request.get("ifMatch"))  # fmt: skip
+            result = await records.update(
+                uow, principal, path[0], path[1], resource, context, request.get("ifMatch")
+            )
         elif len(path) == 1 and parts.query:
-            result = await records.conditional_update(uow, principal, path[0],
-                                                      parse_qsl(parts.query), resource, context)  # fmt: skip
+            result = await records.conditional_update(
+                uow, principal, path[0], parse_qsl(parts.query), resource, context
+            )
         else:
             raise bad_request(f"PUT url must be Type/id or Type?criteria: {url!r}")
         return _response(result.stored, base, 201 if result.created else 200)

@@ -32,10 +32,16 @@ MAX_INCLUDED = 1000
 INCLUDE_ITERATIONS = 3
 # The clinical date of each type, for $everything's start/end.
 CLINICAL_DATES = {
-    "Observation": "date", "DiagnosticReport": "date", "Encounter": "date",
-    "ImagingStudy": "started", "ServiceRequest": "authored", "Specimen": "collected",
-    "Consent": "date", "Provenance": "recorded", "Basic": "created",
-}  # fmt: skip
+    "Observation": "date",
+    "DiagnosticReport": "date",
+    "Encounter": "date",
+    "ImagingStudy": "started",
+    "ServiceRequest": "authored",
+    "Specimen": "collected",
+    "Consent": "date",
+    "Provenance": "recorded",
+    "Basic": "created",
+}
 
 
 @dataclass
@@ -80,8 +86,9 @@ class RecordService:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def read(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                   resource_id: str) -> StoredResource:  # fmt: skip
+    async def read(
+        self, uow: UnitOfWork, principal: Principal, resource_type: str, resource_id: str
+    ) -> StoredResource:
         check_type(resource_type)
         policy.require(principal, resource_type, READ)
         stored = await uow.resources.current(resource_type, resource_id)
@@ -92,8 +99,14 @@ class RecordService:
         self.note(uow, stored)
         return stored
 
-    async def vread(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                    resource_id: str, version: str) -> StoredResource:  # fmt: skip
+    async def vread(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str,
+        resource_id: str,
+        version: str,
+    ) -> StoredResource:
         check_type(resource_type)
         policy.require(principal, resource_type, READ)
         if not version.isdigit():
@@ -108,10 +121,16 @@ class RecordService:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def create(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                     resource: dict[str, Any], context: WriteContext,
-                     if_none_exist: str | None = None,
-                     resource_id: str | None = None) -> WriteOutcome:  # fmt: skip
+    async def create(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str,
+        resource: dict[str, Any],
+        context: WriteContext,
+        if_none_exist: str | None = None,
+        resource_id: str | None = None,
+    ) -> WriteOutcome:
         """Create with a new id (or ``resource_id``, assigned by a transaction)."""
         check_type(resource_type)
         policy.require(principal, resource_type, CREATE)
@@ -122,30 +141,43 @@ class RecordService:
                 return WriteOutcome(existing, created=False, changed=False)
         owner = policy.owner_for_write(principal, resource, None, exists=False)
         resource_id = resource_id or str(uuid.uuid4())
-        stored = await self._write(uow, resource_type, resource_id, 1, resource, context,
-                                   method="POST", owner=owner)  # fmt: skip
+        stored = await self._write(
+            uow, resource_type, resource_id, 1, resource, context, method="POST", owner=owner
+        )
         return WriteOutcome(stored, created=True)
 
-    async def match_if_none_exist(self, uow: UnitOfWork, principal: Principal,
-                                  resource_type: str, criteria: str) -> StoredResource | None:  # fmt: skip
+    async def match_if_none_exist(
+        self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
+    ) -> StoredResource | None:
         """The resource an If-None-Exist condition matches; 412 if it matches several."""
         check_type(resource_type)
         existing = await self._conditional_match(uow, principal, resource_type, criteria)
         if len(existing) > 1:
-            raise FhirError(412, "multiple-matches",
-                            f"If-None-Exist matched {len(existing)} {resource_type} resources")  # fmt: skip
+            raise FhirError(
+                412,
+                "multiple-matches",
+                f"If-None-Exist matched {len(existing)} {resource_type} resources",
+            )
         if existing:
             self.note(uow, existing[0])
             return existing[0]
         return None
 
-    async def update(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                     resource_id: str, resource: dict[str, Any], context: WriteContext,
-                     if_match: str | None = None) -> WriteOutcome:  # fmt: skip
+    async def update(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        context: WriteContext,
+        if_match: str | None = None,
+    ) -> WriteOutcome:
         check_type(resource_type)
         if resource.get("id") != resource_id:
-            raise bad_request(f"the resource id ({resource.get('id')!r}) must match the URL "
-                              f"({resource_id!r})")  # fmt: skip
+            raise bad_request(
+                f"the resource id ({resource.get('id')!r}) must match the URL ({resource_id!r})"
+            )
         validation.validate(resource, resource_type)
         current = await uow.resources.current(resource_type, resource_id, lock=True)
         exists = current is not None and not current.deleted
@@ -158,40 +190,67 @@ class RecordService:
             expected = parse_etag(if_match)
             if current is None or current.deleted or str(current.version_id) != expected:
                 have = "none" if current is None or current.deleted else current.version_id
-                raise FhirError(412, "conflict", f"If-Match {if_match} does not match the current "
-                                f"version ({have}) of {resource_type}/{resource_id}")  # fmt: skip
-        owner = policy.owner_for_write(principal, resource, current.owner_org if current else None,
-                                       exists=exists)  # fmt: skip
+                raise FhirError(
+                    412,
+                    "conflict",
+                    f"If-Match {if_match} does not match the current "
+                    f"version ({have}) of {resource_type}/{resource_id}",
+                )
+        owner = policy.owner_for_write(
+            principal, resource, current.owner_org if current else None, exists=exists
+        )
         version = current.version_id + 1 if current else 1
-        stored = await self._write(uow, resource_type, resource_id, version, resource, context,
-                                   method="PUT", owner=owner,
-                                   existing_pk=current.pk if current else None)  # fmt: skip
+        stored = await self._write(
+            uow,
+            resource_type,
+            resource_id,
+            version,
+            resource,
+            context,
+            method="PUT",
+            owner=owner,
+            existing_pk=current.pk if current else None,
+        )
         return WriteOutcome(stored, created=not exists)
 
-    async def conditional_update(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                                 query: list[tuple[str, str]], resource: dict[str, Any],
-                                 context: WriteContext) -> WriteOutcome:  # fmt: skip
+    async def conditional_update(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str,
+        query: list[tuple[str, str]],
+        resource: dict[str, Any],
+        context: WriteContext,
+    ) -> WriteOutcome:
         check_type(resource_type)
         from urllib.parse import urlencode
 
         matches = await self._conditional_match(uow, principal, resource_type, urlencode(query))
         if len(matches) > 1:
-            raise FhirError(412, "multiple-matches",
-                            f"the conditional update matched {len(matches)} resources")  # fmt: skip
+            raise FhirError(
+                412, "multiple-matches", f"the conditional update matched {len(matches)} resources"
+            )
         if matches:
             resource_id = matches[0].resource_id
             if resource.get("id") not in (None, resource_id):
                 raise bad_request("the resource id does not match the resource found")
-            return await self.update(uow, principal, resource_type, resource_id,
-                                     {**resource, "id": resource_id}, context)  # fmt: skip
+            return await self.update(
+                uow, principal, resource_type, resource_id, {**resource, "id": resource_id}, context
+            )
         if "id" in resource:
             return await self.update(
                 uow, principal, resource_type, resource["id"], resource, context
             )
         return await self.create(uow, principal, resource_type, resource, context)
 
-    async def delete(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                     resource_id: str, context: WriteContext) -> bool:  # fmt: skip
+    async def delete(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str,
+        resource_id: str,
+        context: WriteContext,
+    ) -> bool:
         """Delete; False when it was already deleted (still a success)."""
         check_type(resource_type)
         policy.require(principal, resource_type, DELETE)
@@ -201,34 +260,68 @@ class RecordService:
         if current.deleted:
             return False
         now = datetime.now(UTC)
-        await uow.resources.write(resource_type, resource_id, current.version_id + 1, now, None,
-                                  self.indexer.index({"resourceType": resource_type}),
-                                  method="DELETE", owner_org=current.owner_org, context=context,
-                                  existing_pk=current.pk)  # fmt: skip
+        await uow.resources.write(
+            resource_type,
+            resource_id,
+            current.version_id + 1,
+            now,
+            None,
+            self.indexer.index({"resourceType": resource_type}),
+            method="DELETE",
+            owner_org=current.owner_org,
+            context=context,
+            existing_pk=current.pk,
+        )
         uow.entities.append(f"{resource_type}/{resource_id}/_history/{current.version_id + 1}")
         return True
 
-    async def _write(self, uow: UnitOfWork, resource_type: str, resource_id: str, version: int,
-                     resource: dict[str, Any], context: WriteContext, *, method: str,
-                     owner: str | None, existing_pk: int | None = None) -> StoredResource:  # fmt: skip
+    async def _write(
+        self,
+        uow: UnitOfWork,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        resource: dict[str, Any],
+        context: WriteContext,
+        *,
+        method: str,
+        owner: str | None,
+        existing_pk: int | None = None,
+    ) -> StoredResource:
         now = datetime.now(UTC)
-        meta = {k: v for k, v in (resource.get("meta") or {}).items()
-                if k not in ("versionId", "lastUpdated")}  # fmt: skip
-        body = {"resourceType": resource_type, "id": resource_id,
-                "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta}}  # fmt: skip
+        meta = {
+            k: v
+            for k, v in (resource.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")
+        }
+        body = {
+            "resourceType": resource_type,
+            "id": resource_id,
+            "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta},
+        }
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
         rows = self.indexer.index(body)
         uow.references |= {r for r in rows.references() if r != (resource_type, resource_id)}
         content = orjson.dumps(body).decode()
-        pk = await uow.resources.write(resource_type, resource_id, version, now, content, rows,
-                                       method=method, owner_org=owner, context=context,
-                                       existing_pk=existing_pk)  # fmt: skip
+        pk = await uow.resources.write(
+            resource_type,
+            resource_id,
+            version,
+            now,
+            content,
+            rows,
+            method=method,
+            owner_org=owner,
+            context=context,
+            existing_pk=existing_pk,
+        )
         stored = StoredResource(pk, resource_type, resource_id, version, now, content, False, owner)
         self.note(uow, stored, body)
         return stored
 
-    async def _conditional_match(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                                 criteria: str) -> list[StoredResource]:  # fmt: skip
+    async def _conditional_match(
+        self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
+    ) -> list[StoredResource]:
         from urllib.parse import parse_qsl
 
         query = parse_qsl(criteria.lstrip("?").split("?", 1)[-1], keep_blank_values=True)
@@ -243,8 +336,14 @@ class RecordService:
 
     # -- search -------------------------------------------------------------------------------
 
-    async def search(self, uow: UnitOfWork, principal: Principal, resource_type: str,
-                     query: list[tuple[str, str]], strict: bool) -> SearchResult:  # fmt: skip
+    async def search(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str,
+        query: list[tuple[str, str]],
+        strict: bool,
+    ) -> SearchResult:
         check_type(resource_type)
         policy.require(principal, resource_type, SEARCH)
         request = self.parser.parse(resource_type, query, strict)
@@ -263,9 +362,13 @@ class RecordService:
             self.note(uow, stored)
         return result
 
-    async def _includes(self, uow: UnitOfWork, request: SearchRequest,
-                        rows: list[StoredResource], access: policy.AccessFilter
-                        ) -> list[StoredResource]:  # fmt: skip
+    async def _includes(
+        self,
+        uow: UnitOfWork,
+        request: SearchRequest,
+        rows: list[StoredResource],
+        access: policy.AccessFilter,
+    ) -> list[StoredResource]:
         if not rows or not (request.includes or request.revincludes):
             return []
         seen = {r.pk for r in rows}
@@ -278,15 +381,21 @@ class RecordService:
                     continue
                 sources = [r.pk for r in frontier if r.resource_type == include.source_type]
                 if sources:
-                    found += await uow.resources.included(sources, include.source_type,
-                                                          include.param.code, include.target_type,
-                                                          access, MAX_INCLUDED)  # fmt: skip
+                    found += await uow.resources.included(
+                        sources,
+                        include.source_type,
+                        include.param.code,
+                        include.target_type,
+                        access,
+                        MAX_INCLUDED,
+                    )
             for include in request.revincludes:
                 if iteration > 0 and not include.iterate:
                     continue
                 targets = [(r.resource_type, r.resource_id) for r in frontier]
-                found += await uow.resources.referencing(targets, include.source_type,
-                                                         include.param.code, access, MAX_INCLUDED)  # fmt: skip
+                found += await uow.resources.referencing(
+                    targets, include.source_type, include.param.code, access, MAX_INCLUDED
+                )
             fresh = [r for r in found if r.pk not in seen]
             seen |= {r.pk for r in fresh}
             included += fresh
@@ -297,9 +406,15 @@ class RecordService:
 
     # -- history ------------------------------------------------------------------------------
 
-    async def history(self, uow: UnitOfWork, principal: Principal, resource_type: str | None,
-                      resource_id: str | None, query: dict[str, str], default_count: int
-                      ) -> Page:  # fmt: skip
+    async def history(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource_type: str | None,
+        resource_id: str | None,
+        query: dict[str, str],
+        default_count: int,
+    ) -> Page:
         types = [resource_type] if resource_type else list(policy.rules(principal).reads)
         for t in types:
             check_type(t)
@@ -318,8 +433,9 @@ class RecordService:
                 raise bad_request("_since must be an instant") from None
         count = _count(query, default_count, self.parser.max_count)
         cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
-        page = await uow.resources.history(resource_type, resource_id, since, count, cursor,
-                                           policy.read_filter(principal))  # fmt: skip
+        page = await uow.resources.history(
+            resource_type, resource_id, since, count, cursor, policy.read_filter(principal)
+        )
         for stored in page.rows:
             uow.entities.append(
                 f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}"
@@ -328,9 +444,14 @@ class RecordService:
 
     # -- $everything ----------------------------------------------------------------------------
 
-    async def everything(self, uow: UnitOfWork, principal: Principal, patient_id: str,
-                         query: dict[str, str], default_count: int
-                         ) -> tuple[Page, list[StoredResource]]:  # fmt: skip
+    async def everything(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        patient_id: str,
+        query: dict[str, str],
+        default_count: int,
+    ) -> tuple[Page, list[StoredResource]]:
         patient = await self.read(uow, principal, "Patient", patient_id)
         readable = policy.rules(principal).reads
         types = [t for t in RESOURCE_TYPES if t in readable]
@@ -363,14 +484,22 @@ class RecordService:
         count = _count(query, default_count, self.parser.max_count)
         cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
         date_params = list(CLINICAL_DATES.items())
-        page = await uow.resources.compartment(patient.resource_id, self.compartment_members,
-                                               types, since, period, date_params, count, cursor,
-                                               policy.read_filter(principal))  # fmt: skip
+        page = await uow.resources.compartment(
+            patient.resource_id,
+            self.compartment_members,
+            types,
+            since,
+            period,
+            date_params,
+            count,
+            cursor,
+            policy.read_filter(principal),
+        )
         referenced = []
         if page.rows:
-            referenced = await uow.resources.referenced_by([r.pk for r in page.rows],
-                                                           policy.read_filter(principal),
-                                                           MAX_INCLUDED)  # fmt: skip
+            referenced = await uow.resources.referenced_by(
+                [r.pk for r in page.rows], policy.read_filter(principal), MAX_INCLUDED
+            )
             referenced = [r for r in referenced if r.resource_type in types]
         for stored in page.rows + referenced:
             self.note(uow, stored)

@@ -19,10 +19,11 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, AsyncContextManager
+from typing import Any
 
 import asyncpg
 import orjson
@@ -55,8 +56,22 @@ class AuditRecord:
         return cls(outcome=outcome, status=status, **fields)
 
 
-_FIELDS = ("recorded", "action", "interaction", "outcome", "status", "client_id", "client_kind",
-           "organization", "source_ip", "request_id", "patients", "entities", "query", "detail")  # fmt: skip
+_FIELDS = (
+    "recorded",
+    "action",
+    "interaction",
+    "outcome",
+    "status",
+    "client_id",
+    "client_kind",
+    "organization",
+    "source_ip",
+    "request_id",
+    "patients",
+    "entities",
+    "query",
+    "detail",
+)
 
 
 def load_audit_key(keys_dir: Path) -> bytes:
@@ -93,7 +108,7 @@ def _head(key: bytes, chain_id: str, seq: int, last_mac: str) -> str:
     return _mac(key, last_mac, orjson.dumps(["head", chain_id, seq]))
 
 
-Connect = Callable[[], AsyncContextManager[asyncpg.Connection]]
+Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 class AuditWriter:
@@ -119,8 +134,11 @@ class AuditWriter:
             await conn.execute(
                 "INSERT INTO audit_chain (chain_id, started_at, genesis_mac, last_seq, last_mac, "
                 "head_mac) VALUES ($1, $2, $3, 0, $3, $4)",
-                self.chain_id, started, genesis, _head(self.key, self.chain_id, 0, genesis),
-            )  # fmt: skip
+                self.chain_id,
+                started,
+                genesis,
+                _head(self.key, self.chain_id, 0, genesis),
+            )
         self.last_mac = genesis
         self._started = True
         if background:
@@ -176,8 +194,11 @@ class AuditWriter:
             await conn.execute(
                 "UPDATE audit_chain SET last_seq = $2, last_mac = $3, head_mac = $4 "
                 "WHERE chain_id = $1",
-                self.chain_id, seq, last_mac, _head(self.key, self.chain_id, seq, last_mac),
-            )  # fmt: skip
+                self.chain_id,
+                seq,
+                last_mac,
+                _head(self.key, self.chain_id, seq, last_mac),
+            )
         self.seq, self.last_mac = seq, last_mac
 
     async def close(self) -> None:
@@ -203,8 +224,11 @@ class VerifyReport:
         return not self.problems
 
 
-async def verify(conn: asyncpg.Connection, key: bytes,
-                 progress: Callable[[int], Awaitable[None] | None] | None = None) -> VerifyReport:  # fmt: skip
+async def verify(
+    conn: asyncpg.Connection,
+    key: bytes,
+    progress: Callable[[int], Awaitable[None] | None] | None = None,
+) -> VerifyReport:
     """Recompute every chain and report each row or chain that does not match."""
     report = VerifyReport()
     chains = await conn.fetch("SELECT * FROM audit_chain ORDER BY started_at, chain_id")
@@ -217,8 +241,11 @@ async def verify(conn: asyncpg.Connection, key: bytes,
     for chain in chains:
         report.chains += 1
         chain_id = chain["chain_id"]
-        expected_genesis = _mac(key, "", orjson.dumps(
-            ["genesis", chain_id, chain["started_at"].astimezone(UTC).isoformat()]))  # fmt: skip
+        expected_genesis = _mac(
+            key,
+            "",
+            orjson.dumps(["genesis", chain_id, chain["started_at"].astimezone(UTC).isoformat()]),
+        )
         if not hmac.compare_digest(expected_genesis, chain["genesis_mac"]):
             report.problems.append(f"chain {chain_id}: genesis does not match (chain row edited)")
             continue

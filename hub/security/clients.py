@@ -24,8 +24,13 @@ class ClientRecord:
     revoked_at: datetime | None
 
     def principal(self, granted: frozenset[str] | None = None) -> Principal:
-        return Principal(self.client_id, self.name, self.kind, self.organization,
-                         granted if granted is not None else self.scopes)  # fmt: skip
+        return Principal(
+            self.client_id,
+            self.name,
+            self.kind,
+            self.organization,
+            granted if granted is not None else self.scopes,
+        )
 
 
 class ClientRegistry:
@@ -34,8 +39,9 @@ class ClientRegistry:
     def __init__(self, connection: asyncpg.Connection):
         self.connection = connection
 
-    async def add(self, kind: ClientKind, organization: str, name: str,
-                  scope: str | None = None) -> tuple[ClientRecord, str]:  # fmt: skip
+    async def add(
+        self, kind: ClientKind, organization: str, name: str, scope: str | None = None
+    ) -> tuple[ClientRecord, str]:
         granted = scopes.parse(scope or RULES[kind].default_scopes)
         invalid = [s for s in granted if not scopes.is_valid(s)]
         if invalid:
@@ -45,9 +51,13 @@ class ClientRegistry:
         row = await self.connection.fetchrow(
             "INSERT INTO api_client (client_id, name, kind, organization, scopes, secret_hash) "
             "VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at",
-            client_id, name, kind.value, organization, " ".join(sorted(granted)),
+            client_id,
+            name,
+            kind.value,
+            organization,
+            " ".join(sorted(granted)),
             client_secrets.hash_secret(secret),
-        )  # fmt: skip
+        )
         record = ClientRecord(client_id, name, kind, organization, granted, row["created_at"], None)
         return record, secret
 
@@ -55,8 +65,9 @@ class ClientRegistry:
         secret = client_secrets.new_secret()
         await self.connection.execute(
             "UPDATE api_client SET secret_hash = $2 WHERE client_id = $1",
-            client_id, client_secrets.hash_secret(secret),
-        )  # fmt: skip
+            client_id,
+            client_secrets.hash_secret(secret),
+        )
         return secret
 
     async def get(self, client_id: str) -> tuple[ClientRecord, str] | None:
@@ -84,6 +95,12 @@ class ClientRegistry:
 
 
 def _record(row: asyncpg.Record) -> ClientRecord:
-    return ClientRecord(row["client_id"], row["name"], ClientKind(row["kind"]),
-                        row["organization"], scopes.parse(row["scopes"]), row["created_at"],
-                        row["revoked_at"])  # fmt: skip
+    return ClientRecord(
+        row["client_id"],
+        row["name"],
+        ClientKind(row["kind"]),
+        row["organization"],
+        scopes.parse(row["scopes"]),
+        row["created_at"],
+        row["revoked_at"],
+    )

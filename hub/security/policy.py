@@ -18,10 +18,20 @@ from hub.security.principals import ClientKind, Principal
 from hub.storage.search_sql import AccessFilter
 
 DIRECTORY = frozenset({"Organization", "Practitioner", "PractitionerRole", "Endpoint"})
-CLINICAL = frozenset({
-    "Patient", "Observation", "DiagnosticReport", "ImagingStudy", "Specimen", "ServiceRequest",
-    "Encounter", "Consent", "Provenance", "Basic",
-})  # fmt: skip
+CLINICAL = frozenset(
+    {
+        "Patient",
+        "Observation",
+        "DiagnosticReport",
+        "ImagingStudy",
+        "Specimen",
+        "ServiceRequest",
+        "Encounter",
+        "Consent",
+        "Provenance",
+        "Basic",
+    }
+)
 AUDIT = frozenset({"AuditEvent"})  # written by the hub itself, never through the API
 HOSPITAL_WRITES = CLINICAL | (DIRECTORY - {"Organization"})
 
@@ -83,9 +93,12 @@ def require(principal: Principal, resource_type: str, permission: str) -> None:
         verb = "write" if permission in "cud" else "read"
         raise forbidden(f"a {principal.kind} client may not {verb} {resource_type}")
     if not scopes.allows(principal.scopes, resource_type, permission):
-        raise FhirError(403, "forbidden",
-                        f"the token's scopes do not allow '{permission}' on {resource_type}",
-                        headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})  # fmt: skip
+        raise FhirError(
+            403,
+            "forbidden",
+            f"the token's scopes do not allow '{permission}' on {resource_type}",
+            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+        )
 
 
 def read_filter(principal: Principal) -> AccessFilter:

@@ -59,9 +59,13 @@ class TokenService:
             if public_key is None:
                 raise InvalidToken("the access token was not signed by this hub")
             claims = jwt.decode(
-                token, public_key, algorithms=[ALGORITHM], audience=self.issuer,
-                issuer=self.issuer, options={"require": ["exp", "iat", "sub", "scope"]},
-            )  # fmt: skip
+                token,
+                public_key,
+                algorithms=[ALGORITHM],
+                audience=self.issuer,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "scope"]},
+            )
             principal = Principal(
                 client_id=claims["sub"],
                 name=claims.get("name", ""),

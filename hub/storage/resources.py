@@ -127,30 +127,49 @@ class ResourceRepository:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def current(self, resource_type: str, resource_id: str, *, lock: bool = False
-                      ) -> StoredResource | None:  # fmt: skip
+    async def current(
+        self, resource_type: str, resource_id: str, *, lock: bool = False
+    ) -> StoredResource | None:
         """The current version (one index lookup); ``lock`` takes a row lock for an update."""
         query = f"{_READ} WHERE res_type = $1 AND res_id = $2" + (" FOR UPDATE" if lock else "")
         row = await self.connection.fetchrow(query, resource_type, resource_id)
         if row is None:
             return None
-        return StoredResource(row["pk"], resource_type, resource_id, row["version_id"],
-                              row["last_updated"], row["content"], row["deleted"],
-                              row["owner_org"])  # fmt: skip
+        return StoredResource(
+            row["pk"],
+            resource_type,
+            resource_id,
+            row["version_id"],
+            row["last_updated"],
+            row["content"],
+            row["deleted"],
+            row["owner_org"],
+        )
 
-    async def version(self, resource_type: str, resource_id: str, version_id: int
-                      ) -> StoredResource | None:  # fmt: skip
+    async def version(
+        self, resource_type: str, resource_id: str, version_id: int
+    ) -> StoredResource | None:
         row = await self.connection.fetchrow(
             "SELECT v.pk, v.last_updated, v.deleted, v.content, v.method, r.owner_org "
             "FROM resource r JOIN resource_version v ON v.pk = r.pk "
             "WHERE r.res_type = $1 AND r.res_id = $2 AND v.version_id = $3",
-            resource_type, resource_id, version_id,
-        )  # fmt: skip
+            resource_type,
+            resource_id,
+            version_id,
+        )
         if row is None:
             return None
-        return StoredResource(row["pk"], resource_type, resource_id, version_id,
-                              row["last_updated"], row["content"], row["deleted"],
-                              row["owner_org"], row["method"])  # fmt: skip
+        return StoredResource(
+            row["pk"],
+            resource_type,
+            resource_id,
+            version_id,
+            row["last_updated"],
+            row["content"],
+            row["deleted"],
+            row["owner_org"],
+            row["method"],
+        )
 
     async def missing_references(self, references: set[tuple[str, str]]) -> set[tuple[str, str]]:
         """Those of ``references`` that name no current, undeleted resource."""
@@ -160,8 +179,9 @@ class ResourceRepository:
         rows = await self.connection.fetch(
             "SELECT res_type, res_id FROM resource WHERE NOT deleted AND (res_type, res_id) IN "
             "(SELECT * FROM unnest($1::text[], $2::text[]))",
-            list(types), list(ids),
-        )  # fmt: skip
+            list(types),
+            list(ids),
+        )
         return references - {(r["res_type"], r["res_id"]) for r in rows}
 
     # -- writes -------------------------------------------------------------------------------
@@ -187,10 +207,19 @@ class ResourceRepository:
         """
         deleted = content is None
         args = [
-            resource_type, resource_id, version_id, last_updated, owner_org, content, method,
-            context.client_id, context.organization, context.request_id,
-            *_index_arrays(rows), deleted,
-        ]  # fmt: skip
+            resource_type,
+            resource_id,
+            version_id,
+            last_updated,
+            owner_org,
+            content,
+            method,
+            context.client_id,
+            context.organization,
+            context.request_id,
+            *_index_arrays(rows),
+            deleted,
+        ]
         if existing_pk is None:
             return int(await self.connection.fetchval(CREATE_SQL, *args))
         return int(await self.connection.fetchval(UPDATE_SQL, *args, existing_pk))
@@ -210,8 +239,10 @@ class ResourceRepository:
             for i, c in enumerate(columns[:-1])
         ] + [SortColumn("q.pk", columns[-1].descending, "bigint")]
         extra = "".join(f", {c.expression} AS s{i}" for i, c in enumerate(columns[:-1]))
-        inner = f"SELECT r.{RESOURCE_COLUMNS.replace(', ', ', r.')}{extra} FROM resource r " \
-                f"WHERE {' AND '.join(where)}"  # fmt: skip
+        inner = (
+            f"SELECT r.{RESOURCE_COLUMNS.replace(', ', ', r.')}{extra} FROM resource r "
+            f"WHERE {' AND '.join(where)}"
+        )
         cursor = request.cursor
         conditions = ""
         if cursor is not None:
@@ -236,8 +267,11 @@ class ResourceRepository:
             return Page(rows, None, None)
 
         def position(record: asyncpg.Record, backward: bool) -> Cursor:
-            return Cursor(backward, [_json_value(record[f"s{i}"]) for i in range(len(named) - 1)],
-                          record["pk"])  # fmt: skip
+            return Cursor(
+                backward,
+                [_json_value(record[f"s{i}"]) for i in range(len(named) - 1)],
+                record["pk"],
+            )
 
         has_next = more if not backward else True
         has_previous = more if backward else cursor is not None
@@ -253,9 +287,15 @@ class ResourceRepository:
         query = f"SELECT count(*) FROM resource r WHERE {' AND '.join(where)}"
         return int(await self.connection.fetchval(query, *sql.params))
 
-    async def included(self, source_pks: list[int], source_type: str, param: str,
-                       target_type: str | None, access: AccessFilter, limit: int
-                       ) -> list[StoredResource]:  # fmt: skip
+    async def included(
+        self,
+        source_pks: list[int],
+        source_type: str,
+        param: str,
+        target_type: str | None,
+        access: AccessFilter,
+        limit: int,
+    ) -> list[StoredResource]:
         """Resources referenced by ``param`` of the given resources (``_include``)."""
         sql = Sql()
         condition = (
@@ -271,8 +311,14 @@ class ResourceRepository:
         )
         return [_stored(r) for r in await self.connection.fetch(query, *sql.params)]
 
-    async def referencing(self, targets: list[tuple[str, str]], source_type: str, param: str,
-                          access: AccessFilter, limit: int) -> list[StoredResource]:  # fmt: skip
+    async def referencing(
+        self,
+        targets: list[tuple[str, str]],
+        source_type: str,
+        param: str,
+        access: AccessFilter,
+        limit: int,
+    ) -> list[StoredResource]:
         """Resources whose ``param`` references any of ``targets`` (``_revinclude``)."""
         if not targets:
             return []
@@ -287,8 +333,9 @@ class ResourceRepository:
         )
         return [_stored(r) for r in await self.connection.fetch(query, *sql.params)]
 
-    async def referenced_by(self, source_pks: list[int], access: AccessFilter, limit: int
-                            ) -> list[StoredResource]:  # fmt: skip
+    async def referenced_by(
+        self, source_pks: list[int], access: AccessFilter, limit: int
+    ) -> list[StoredResource]:
         """Every resource referenced by the given ones (for ``$everything``)."""
         sql = Sql()
         query = (
@@ -302,9 +349,15 @@ class ResourceRepository:
 
     # -- history ------------------------------------------------------------------------------
 
-    async def history(self, resource_type: str | None, resource_id: str | None,
-                      since: datetime | None, count: int, cursor: Cursor | None,
-                      access: AccessFilter) -> Page:  # fmt: skip
+    async def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        since: datetime | None,
+        count: int,
+        cursor: Cursor | None,
+        access: AccessFilter,
+    ) -> Page:
         """Versions, newest first, keyset-paged on (last_updated, pk, version)."""
         sql = Sql()
         where = [access.sql(sql, "r")]
@@ -331,10 +384,18 @@ class ResourceRepository:
         more = len(records) > count
         records = records[:count]
         rows = [
-            StoredResource(r["pk"], r["res_type"], r["res_id"], r["version_id"],
-                           r["last_updated"], r["content"], r["deleted"], method=r["method"])
+            StoredResource(
+                r["pk"],
+                r["res_type"],
+                r["res_id"],
+                r["version_id"],
+                r["last_updated"],
+                r["content"],
+                r["deleted"],
+                method=r["method"],
+            )
             for r in records
-        ]  # fmt: skip
+        ]
         next_cursor = None
         if more and rows:
             last = rows[-1]
@@ -343,11 +404,18 @@ class ResourceRepository:
 
     # -- compartments -------------------------------------------------------------------------
 
-    async def compartment(self, patient_id: str, members: list[tuple[str, str]],
-                          types: list[str], since: datetime | None,
-                          period: tuple[datetime, datetime] | None,
-                          date_params: list[tuple[str, str]], count: int,
-                          cursor: Cursor | None, access: AccessFilter) -> Page:  # fmt: skip
+    async def compartment(
+        self,
+        patient_id: str,
+        members: list[tuple[str, str]],
+        types: list[str],
+        since: datetime | None,
+        period: tuple[datetime, datetime] | None,
+        date_params: list[tuple[str, str]],
+        count: int,
+        cursor: Cursor | None,
+        access: AccessFilter,
+    ) -> Page:
         """A patient and every resource in their compartment, paged by pk."""
         sql = Sql()
         member_types, member_params = zip(*members, strict=True) if members else ((), ())
@@ -366,16 +434,21 @@ class ResourceRepository:
             where.append(f"r.last_updated >= {sql.add(since)}")
         if period:
             dtypes, dparams = zip(*date_params, strict=True)
-            dated = (f"SELECT 1 FROM idx_date d JOIN unnest({sql.add(list(dtypes))}::text[], "
-                     f"{sql.add(list(dparams))}::text[]) AS m(t, p) ON d.res_type = m.t AND "
-                     f"d.param = m.p WHERE d.pk = r.pk")  # fmt: skip
+            dated = (
+                f"SELECT 1 FROM idx_date d JOIN unnest({sql.add(list(dtypes))}::text[], "
+                f"{sql.add(list(dparams))}::text[]) AS m(t, p) ON d.res_type = m.t AND "
+                f"d.param = m.p WHERE d.pk = r.pk"
+            )
             start, end = sql.add(period[0]), sql.add(period[1])
-            where.append(f"(NOT EXISTS ({dated}) OR EXISTS ({dated} AND d.high > {start} "
-                         f"AND d.low < {end}))")  # fmt: skip
+            where.append(
+                f"(NOT EXISTS ({dated}) OR EXISTS ({dated} AND d.high > {start} AND d.low < {end}))"
+            )
         if cursor is not None:
             where.append(f"r.pk > {sql.add(cursor.pk)}")
-        query = (f"SELECT {RESOURCE_COLUMNS.replace('pk,', 'r.pk,')} FROM resource r "
-                 f"WHERE {' AND '.join(where)} ORDER BY r.pk LIMIT {sql.add(count + 1)}")  # fmt: skip
+        query = (
+            f"SELECT {RESOURCE_COLUMNS.replace('pk,', 'r.pk,')} FROM resource r "
+            f"WHERE {' AND '.join(where)} ORDER BY r.pk LIMIT {sql.add(count + 1)}"
+        )
         records = await self.connection.fetch(query, *sql.params)
         more = len(records) > count
         rows = [_stored(r) for r in records[:count]]
@@ -383,8 +456,14 @@ class ResourceRepository:
 
 
 def _stored(record: asyncpg.Record) -> StoredResource:
-    return StoredResource(record["pk"], record["res_type"], record["res_id"],
-                          record["version_id"], record["last_updated"], record["content"])  # fmt: skip
+    return StoredResource(
+        record["pk"],
+        record["res_type"],
+        record["res_id"],
+        record["version_id"],
+        record["last_updated"],
+        record["content"],
+    )
 
 
 def _json_value(value: Any) -> Any:

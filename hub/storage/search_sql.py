@@ -88,13 +88,16 @@ class SearchCompiler:
         if param.column is not None:
             return self._column(sql, criterion, alias)
         table = TABLES[param.type]
-        head = (f"SELECT x.pk FROM {table} x WHERE x.res_type = {sql.add(param.resource_type)} "
-                f"AND x.param = {sql.add(param.code)}")  # fmt: skip
+        head = (
+            f"SELECT x.pk FROM {table} x WHERE x.res_type = {sql.add(param.resource_type)} "
+            f"AND x.param = {sql.add(param.code)}"
+        )
         if criterion.modifier == "missing":
             exists = f"EXISTS ({head} AND x.pk = {alias}.pk)"
             return f"NOT {exists}" if criterion.values[0] else exists
-        alternatives = " OR ".join(self._value(sql, param, criterion.modifier, v)
-                                   for v in criterion.values)  # fmt: skip
+        alternatives = " OR ".join(
+            self._value(sql, param, criterion.modifier, v) for v in criterion.values
+        )
         negate = "NOT " if criterion.modifier == "not" else ""
         return f"{alias}.pk {negate}IN ({head} AND ({alternatives}))"
 
@@ -115,8 +118,10 @@ class SearchCompiler:
         if criterion.param.type == "token":  # _id
             ids = [v.code for v in criterion.values if isinstance(v, TokenValue) and v.code]
             return f"{column} = ANY({sql.add(ids)}::text[])"
-        parts = [_range(sql, v, column, f"({column} + interval '1 microsecond')")
-                 for v in criterion.values]  # fmt: skip
+        parts = [
+            _range(sql, v, column, f"({column} + interval '1 microsecond')")
+            for v in criterion.values
+        ]
         return "(" + " OR ".join(parts) + ")"
 
     def _value(self, sql: Sql, param: SearchParam, modifier: str | None, value: Any) -> str:
@@ -179,17 +184,32 @@ class SearchCompiler:
             return f"{alias}.{param.column}"
         table = TABLES[param.type]
         column, aggregate, missing = {
-            "date": ("high" if key.descending else "low", "max" if key.descending else "min",
-                     "'-infinity'::timestamptz" if key.descending else "'infinity'::timestamptz"),
-            "string": ("value_norm", "max" if key.descending else "min",
-                       "''" if key.descending else "chr(1114111)"),
-            "token": ("code", "max" if key.descending else "min",
-                      "''" if key.descending else "chr(1114111)"),
-            "uri": ("uri", "max" if key.descending else "min",
-                    "''" if key.descending else "chr(1114111)"),
-            "quantity": ("value", "max" if key.descending else "min",
-                         "'-infinity'::numeric" if key.descending else "'infinity'::numeric"),
-        }[param.type]  # fmt: skip
+            "date": (
+                "high" if key.descending else "low",
+                "max" if key.descending else "min",
+                "'-infinity'::timestamptz" if key.descending else "'infinity'::timestamptz",
+            ),
+            "string": (
+                "value_norm",
+                "max" if key.descending else "min",
+                "''" if key.descending else "chr(1114111)",
+            ),
+            "token": (
+                "code",
+                "max" if key.descending else "min",
+                "''" if key.descending else "chr(1114111)",
+            ),
+            "uri": (
+                "uri",
+                "max" if key.descending else "min",
+                "''" if key.descending else "chr(1114111)",
+            ),
+            "quantity": (
+                "value",
+                "max" if key.descending else "min",
+                "'-infinity'::numeric" if key.descending else "'infinity'::numeric",
+            ),
+        }[param.type]
         return (
             f"COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.pk = {alias}.pk "
             f"AND s.param = {sql.add(param.code)}), {missing})"
