@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import random
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -367,7 +368,7 @@ class FakeData:
 class LoadResult:
     """What one load-generating process measured (picklable, merged by the parent)."""
 
-    latencies: dict[tuple[str, str], array] = field(default_factory=dict)
+    latencies: dict[tuple[str, str], array[float]] = field(default_factory=dict)
     """(operation, resource type) -> latencies in ms of measured 2xx responses."""
     errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     """(status, operation, resource type) -> count, measured requests only."""
@@ -1012,7 +1013,7 @@ class OwnHub:
 # --------------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: array | list[float], p: float) -> float:
+def percentile(sorted_values: array[float] | list[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values."""
     if not sorted_values:
         return math.nan
@@ -1053,6 +1054,8 @@ class RunInfo:
     warmup: float
     duration: float | None
     iterations: int | None
+    command: str
+    load_before: float | None
 
 
 def report(info: RunInfo, result: LoadResult, usage: list[float]) -> tuple[float, float, float]:
@@ -1068,6 +1071,12 @@ def report(info: RunInfo, result: LoadResult, usage: list[float]) -> tuple[float
     print("Yijian Hub - FHIR CRUD mix benchmark (create/read/update/delete x 5 resource types)")
     print(f"machine: nproc={cores}; server: {info.server}; server workers: {info.workers}")
     print(f"base URL: {info.base_url}")
+    print(f"command: {info.command}")
+    if info.load_before is not None:
+        print(
+            f"load average before the run: {info.load_before:.2f} (other work on the machine "
+            "competes with the server for its cores)"
+        )
     mode = (
         f"duration {info.duration:g} s"
         if info.iterations is None
@@ -1213,7 +1222,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_plans(args: argparse.Namespace, base_url: str, client_id: str, secret: str) -> list:
+def make_plans(
+    args: argparse.Namespace, base_url: str, client_id: str, secret: str
+) -> list[LoadPlan]:
     """Split the virtual clients across processes and fix the measurement window."""
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     # Time for the processes to start and fetch their tokens before the warm-up counts.
@@ -1235,6 +1246,20 @@ def make_plans(args: argparse.Namespace, base_url: str, client_id: str, secret: 
         )
         for i in range(args.processes)
     ]
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed, with the client secret masked."""
+    shown, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            shown.append("***")
+        elif arg.startswith("--client-secret="):
+            shown.append("--client-secret=***")
+        else:
+            shown.append(arg)
+        hide_next = arg == "--client-secret"
+    return shlex.join(["python", "-m", "bench.crud", *shown])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1272,6 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
             base_url, client_id, secret = args.base_url, args.client_id, args.client_secret
             server, workers = "external (already running)", "as configured (not started here)"
         print(f"measuring {base_url} ...", flush=True)
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         plans = make_plans(args, base_url, client_id, secret)
         result, usage = generate_load(plans)
         info = RunInfo(
@@ -1283,6 +1309,8 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
             None if args.iterations else args.duration,
             args.iterations,
+            command_line(sys.argv[1:] if argv is None else argv),
+            load_before,
         )
         print()
         _rps, _p99, error_rate = report(info, result, usage)

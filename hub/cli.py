@@ -63,6 +63,13 @@ def serve(host: str | None, port: int | None, workers: int, migrate: bool) -> No
         from hub.storage.migrate import upgrade
 
         upgrade(url)
+    if workers > 1:  # Prometheus metrics are merged across worker processes through files
+        import shutil
+
+        metrics_dir = settings.data_dir.resolve() / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     uvicorn.run(
         "hub.api.asgi:create",
         factory=True,

@@ -31,8 +31,8 @@ class Settings(BaseSettings):
         default=None, description="external base URL, e.g. https://hub.example.org (no /fhir)"
     )
 
-    db_pool_size: int = 10
-    db_pool_overflow: int = 10
+    db_pool_size: int = Field(default=20, description="connections kept per process")
+    db_pool_overflow: int = Field(default=0, description="extra connections, closed after use")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="413 above this")
     token_lifetime_seconds: int = 3600
     token_issuer: str = "yijian-hub"

@@ -95,9 +95,15 @@ def query_pairs(request: Request) -> list[tuple[str, str]]:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     hub = get_hub(request)
-    return fhir_response(
-        capability.capability_statement(hub.registry, fhir_base(request)), pretty=pretty(request)
-    )
+    base = fhir_base(request)
+    body = _capability_cache.get(base)
+    if body is None:  # built once per base URL: it depends only on the registry
+        body = orjson.dumps(capability.capability_statement(hub.registry, base))
+        _capability_cache[base] = body
+    return fhir_response(body, pretty=pretty(request))
+
+
+_capability_cache: dict[str, bytes] = {}
 
 
 @router.get("/.well-known/smart-configuration")

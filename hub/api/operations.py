@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import orjson
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import Response
 
 from hub.api.dependencies import Caller, get_hub
@@ -34,4 +36,8 @@ async def metrics(principal: Caller) -> Response:
     """Prometheus metrics; scraped with an admin client's bearer token."""
     if principal.kind != ClientKind.ADMIN:
         raise forbidden("metrics are for admin clients")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several worker processes: merge them
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -74,6 +74,26 @@ _FIELDS = (
 )
 
 
+_ARRAY_FIELD_INDEXES = [1 + _FIELDS.index("patients"), 1 + _FIELDS.index("entities")]
+_APPEND_SQL = """
+WITH appended AS (
+    INSERT INTO audit_log (chain_id, seq, recorded, action, interaction, outcome, status,
+        client_id, client_kind, organization, source_ip, request_id, patients, entities,
+        query, detail, mac)
+    SELECT $1, u.seq, u.recorded, u.action, u.interaction, u.outcome, u.status, u.client_id,
+        u.client_kind, u.organization, u.source_ip, u.request_id,
+        ARRAY(SELECT jsonb_array_elements_text(u.patients::jsonb)),
+        ARRAY(SELECT jsonb_array_elements_text(u.entities::jsonb)), u.query, u.detail, u.mac
+    FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+        $7::integer[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+        $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])
+        AS u(seq, recorded, action, interaction, outcome, status, client_id, client_kind,
+             organization, source_ip, request_id, patients, entities, query, detail, mac)
+)
+UPDATE audit_chain SET last_seq = $18, last_mac = $19, head_mac = $20 WHERE chain_id = $1
+"""
+
+
 def load_audit_key(keys_dir: Path) -> bytes:
     """The audit MAC key: ``YIJIAN_AUDIT_KEY`` (hex) or ``KEYS_DIR/audit.key``, created once."""
     if env := os.environ.get("YIJIAN_AUDIT_KEY"):
@@ -181,24 +201,21 @@ class AuditWriter:
 
     async def _write(self, records: list[AuditRecord]) -> None:
         seq, last_mac = self.seq, self.last_mac
-        rows = []
+        columns: list[list[Any]] = [[] for _ in range(len(_FIELDS) + 2)]
         for record in records:
             seq += 1
             values = {name: getattr(record, name) for name in _FIELDS}
             last_mac = _mac(self.key, last_mac, _payload(self.chain_id, seq, values))
-            rows.append((self.chain_id, seq, *[values[n] for n in _FIELDS], last_mac))
-        async with self.connect() as conn, conn.transaction():
-            await conn.copy_records_to_table(
-                "audit_log", records=rows, columns=["chain_id", "seq", *_FIELDS, "mac"]
-            )
-            await conn.execute(
-                "UPDATE audit_chain SET last_seq = $2, last_mac = $3, head_mac = $4 "
-                "WHERE chain_id = $1",
-                self.chain_id,
-                seq,
-                last_mac,
-                _head(self.key, self.chain_id, seq, last_mac),
-            )
+            row = [seq, *(values[n] for n in _FIELDS), last_mac]
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        # Array-valued fields travel as JSON text: unnest() cannot yield array columns.
+        for index in _ARRAY_FIELD_INDEXES:
+            columns[index] = [orjson.dumps(list(v)).decode() for v in columns[index]]
+        head = _head(self.key, self.chain_id, seq, last_mac)
+        async with self.connect() as conn:
+            # One statement, hence one round trip and atomic: rows plus the new chain head.
+            await conn.execute(_APPEND_SQL, self.chain_id, *columns, seq, last_mac, head)
         self.seq, self.last_mac = seq, last_mac
 
     async def close(self) -> None:
@@ -229,7 +246,20 @@ async def verify(
     key: bytes,
     progress: Callable[[int], Awaitable[None] | None] | None = None,
 ) -> VerifyReport:
-    """Recompute every chain and report each row or chain that does not match."""
+    """Recompute every chain and report each row or chain that does not match.
+
+    Chains and rows are read in one snapshot, so records that a running hub appends while
+    the check runs are not mistaken for rows added behind a chain's head.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _verify_snapshot(conn, key, progress)
+
+
+async def _verify_snapshot(
+    conn: asyncpg.Connection,
+    key: bytes,
+    progress: Callable[[int], Awaitable[None] | None] | None = None,
+) -> VerifyReport:
     report = VerifyReport()
     chains = await conn.fetch("SELECT * FROM audit_chain ORDER BY started_at, chain_id")
     known = {c["chain_id"] for c in chains}

@@ -57,6 +57,9 @@ class Database:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_overflow,
             pool_pre_ping=False,
+            # Every unit of work ends in an explicit COMMIT or ROLLBACK, so the pool's own
+            # reset-on-return ROLLBACK would only add a round trip per request.
+            pool_reset_on_return=None,
             connect_args={"server_settings": {"application_name": "yijian-hub"}},
         )
         return cls(url=url, engine=engine)
