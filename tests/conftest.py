@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -98,7 +99,11 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not server:
         from hub.storage.embedded import start_embedded
 
-        yield start_embedded(tmp_path_factory.mktemp("pg"), "yijian_test")
+        # Not under pytest's private (0700) tmp dir: the server runs as another system user
+        # when the tests run as root, and must reach its data directory.
+        directory = Path(tempfile.mkdtemp(prefix="yijian-test-pg-"))
+        directory.chmod(0o755)
+        yield start_embedded(directory, "yijian_test")
         return
     name = f"yijian_test_{uuid.uuid4().hex[:10]}"
 

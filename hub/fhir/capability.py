@@ -7,7 +7,25 @@ from typing import Any
 from hub import __version__
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 
-READ_ONLY = {"AuditEvent"}  # the hub writes these itself
+# The audit-log view answers these (see hub.security.audit_events.SUPPORTED).
+AUDIT_SEARCH_PARAMS = frozenset(
+    {
+        "_id",
+        "date",
+        "patient",
+        "entity",
+        "agent",
+        "altid",
+        "action",
+        "outcome",
+        "subtype",
+        "address",
+    }
+)
+
+READ_ONLY = {"AuditEvent"}  # the hub writes these itself (its audit log)
+# Types served from their own tables answer only some of their search parameters.
+SEARCH_SUBSETS = {"AuditEvent": AUDIT_SEARCH_PARAMS}
 INSTANCE = ["read", "vread", "update", "delete", "history-instance"]
 TYPE = ["create", "search-type", "history-type"]
 
@@ -17,28 +35,29 @@ def capability_statement(registry: SearchParamRegistry, base: str) -> dict[str, 
     for resource_type in RESOURCE_TYPES:
         params = registry.for_type(resource_type)
         read_only = resource_type in READ_ONLY
-        interactions = (
-            ["read", "vread", "history-instance", "search-type", "history-type"]
-            if read_only
-            else INSTANCE + TYPE
-        )
+        interactions = ["read", "vread", "search-type"] if read_only else INSTANCE + TYPE
+        if resource_type in SEARCH_SUBSETS:
+            params = [p for p in params if p.code in SEARCH_SUBSETS[resource_type]]
         references = sorted(p.code for p in params if p.type == "reference")
         entry: dict[str, Any] = {
             "type": resource_type,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
             "interaction": [{"code": code} for code in interactions],
             "versioning": "versioned-update",
-            "readHistory": True,
+            "readHistory": not read_only,
             "updateCreate": not read_only,
             "conditionalCreate": not read_only,
             "conditionalRead": "not-supported",
             "conditionalUpdate": not read_only,
             "conditionalDelete": "not-supported",
             "referencePolicy": ["literal", "local", "enforced"],
-            "searchInclude": [f"{resource_type}:{code}" for code in references],
+            "searchInclude": []
+            if read_only
+            else [f"{resource_type}:{code}" for code in references],
             "searchRevInclude": sorted(
                 f"{other}:{p.code}"
                 for other in RESOURCE_TYPES
+                if other not in READ_ONLY
                 for p in registry.for_type(other)
                 if p.type == "reference" and (resource_type in p.targets or not p.targets)
             ),
