@@ -54,6 +54,11 @@ def test_only_admins_read_the_audit_log(hospital_a: Client, doctor: Client) -> N
 
 
 def test_audit_events_cannot_be_written(admin: Client) -> None:
-    event = {"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded":
-             "2026-11-20T10:00:00Z", "agent": [{"requestor": True}], "source": {"observer": {}}}
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {"code": "rest"},
+        "recorded": "2026-11-20T10:00:00Z",
+        "agent": [{"requestor": True}],
+        "source": {"observer": {}},
+    }
     assert admin.post("/AuditEvent", json=event).status_code == 403

@@ -85,7 +85,7 @@ def _db(hub: HubUnderTest, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(run())
 
 
-# -- the token endpoint ---------------------------------------------------------------------------
+# -- the token endpoint ----------------------------------------------------------------------------
 
 
 def test_token_with_form_body(hub: HubUnderTest, hospital_a: Client) -> None:
@@ -158,14 +158,14 @@ def test_scope_beyond_the_grant_is_refused(hub: HubUnderTest, doctor: Client) ->
     assert response.json()["error"] == "invalid_scope"
 
 
-# -- bearer tokens ----------------------------------------------------------------------------------
+# -- bearer tokens ---------------------------------------------------------------------------------
 
 
 def test_missing_token(hub: HubUnderTest) -> None:
     _assert_401(httpx.get(f"{hub.fhir}/Patient"))
     _assert_401(httpx.post(f"{hub.fhir}/Patient", json={"resourceType": "Patient"}))
     _assert_401(httpx.get(f"{hub.fhir}/Patient", headers={"Authorization": "Basic abc"}))
-    _assert_401(httpx.get(f"{hub.fhir}/Patient", headers={"Authorization": "Bearer "}))
+    _assert_401(httpx.get(f"{hub.fhir}/Patient", headers={"Authorization": "Bearer"}))
 
 
 @pytest.mark.parametrize(
@@ -203,7 +203,9 @@ def test_token_with_tampered_payload(hub: HubUnderTest, hospital_a: Client) -> N
     assert claims["client_kind"] == "hospital"
     claims["client_kind"] = "admin"
     raised = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    _assert_401(httpx.get(f"{hub.fhir}/AuditEvent", headers=_auth(f"{header}.{raised}.{signature}")))
+    _assert_401(
+        httpx.get(f"{hub.fhir}/AuditEvent", headers=_auth(f"{header}.{raised}.{signature}"))
+    )
 
 
 def test_unsigned_token(hub: HubUnderTest, hospital_a: Client) -> None:
@@ -215,7 +217,9 @@ def test_expired_token_signed_with_the_real_key(hub: HubUnderTest, hospital_a: C
     kid, key = _signing_key(hub)
     now = int(time.time())
     # Control: the same construction, unexpired, is accepted — so the 401 below is the expiry.
-    fresh = jwt.encode(_claims(hospital_a, "hospital"), key, algorithm="ES256", headers={"kid": kid})
+    fresh = jwt.encode(
+        _claims(hospital_a, "hospital"), key, algorithm="ES256", headers={"kid": kid}
+    )
     assert httpx.get(f"{hub.fhir}/Patient", headers=_auth(fresh)).status_code == 200
     expired = jwt.encode(
         _claims(hospital_a, "hospital", iat=now - 7200, exp=now - 3600),
@@ -232,7 +236,10 @@ def test_token_for_another_audience_or_issuer(hub: HubUnderTest, hospital_a: Cli
     kid, key = _signing_key(hub)
     for override in ({"aud": "someone-else"}, {"iss": "someone-else"}):
         token = jwt.encode(
-            _claims(hospital_a, "hospital", **override), key, algorithm="ES256", headers={"kid": kid}
+            _claims(hospital_a, "hospital", **override),
+            key,
+            algorithm="ES256",
+            headers={"kid": kid},
         )
         _assert_401(httpx.get(f"{hub.fhir}/Patient", headers=_auth(token)))
 
@@ -241,7 +248,7 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-# -- the client registry ----------------------------------------------------------------------------
+# -- the client registry ---------------------------------------------------------------------------
 
 
 def test_revoked_client_loses_access_within_seconds(hub: HubUnderTest) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -53,6 +54,11 @@ def search(client: Client, resource_type: str, identifier: dict[str, str]) -> li
         f"/{resource_type}", params={"identifier": f"{identifier['system']}|{identifier['value']}"}
     ).json()
     return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def send(client: Client, bundle: dict[str, Any]) -> httpx.Response:
+    """POST a Bundle to the FHIR base itself (``/fhir``, no trailing slash)."""
+    return client.post(str(client.http.base_url).rstrip("/"), json=bundle)
 
 
 def location_id(entry: dict[str, Any]) -> str:
@@ -162,7 +168,7 @@ def test_transaction_stores_a_lab_push_with_every_reference_rewritten(
     """A lab push in any entry order is stored whole; urn:uuid references become Type/id."""
     org = hospital_a.organization
     bundle, _ = lab_result(org, unique(), unique())
-    response = hospital_a.post("", json=bundle)
+    response = send(hospital_a, bundle)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["resourceType"] == "Bundle"
@@ -203,13 +209,31 @@ def test_replayed_transaction_creates_no_duplicates(hospital_a: Client) -> None:
     """Re-posting the same push matches every ifNoneExist: 200s, same ids, one of each."""
     org = hospital_a.organization
     bundle, _ = lab_result(org, unique(), unique())
-    first = hospital_a.post("", json=bundle)
+    first = send(hospital_a, bundle)
     assert first.status_code == 200, first.text
-    again = hospital_a.post("", json=bundle)
+    again = send(hospital_a, bundle)
     assert again.status_code == 200, again.text
     for one, two in zip(first.json()["entry"], again.json()["entry"], strict=True):
         assert two["response"]["status"].startswith("200"), two
         assert location_id(two) == location_id(one)
+    for item in bundle["entry"]:
+        resource = item["resource"]
+        found = search(hospital_a, resource["resourceType"], resource["identifier"][0])
+        assert len(found) == 1, resource["resourceType"]
+
+
+def test_concurrent_replays_create_one_of_each(hospital_a: Client) -> None:
+    """The same push sent four times at once still stores one resource per identifier."""
+    bundle, _ = lab_result(hospital_a.organization, unique(), unique())
+    url = str(hospital_a.http.base_url).rstrip("/")
+    headers = dict(hospital_a.http.headers)
+
+    def push(_: int) -> int:
+        with httpx.Client(headers=headers, timeout=30) as http:
+            return http.post(url, json=bundle).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(push, range(4))) == [200] * 4
     for item in bundle["entry"]:
         resource = item["resource"]
         found = search(hospital_a, resource["resourceType"], resource["identifier"][0])
@@ -221,7 +245,7 @@ def test_new_result_for_a_known_patient_references_the_first_patient(hospital_a:
     org = hospital_a.organization
     mrn = unique()
     bundle, _ = lab_result(org, mrn, unique())
-    first = hospital_a.post("", json=bundle).json()
+    first = send(hospital_a, bundle).json()
     pid_ref = location_id(first["entry"][1])
 
     later = urn()
@@ -230,7 +254,7 @@ def test_new_result_for_a_known_patient_references_the_first_patient(hospital_a:
         post(later, observation(org, "x", subject={"reference": patient_urn})),
         post(patient_urn, patient(org, mrn)),
     )
-    response = hospital_a.post("", json=follow_up)
+    response = send(hospital_a, follow_up)
     assert response.status_code == 200, response.text
     obs_entry, patient_entry = response.json()["entry"]
     assert patient_entry["response"]["status"].startswith("200")
@@ -251,7 +275,7 @@ def test_conditional_put_in_a_transaction_versions_a_corrected_result(hospital_a
     org = hospital_a.organization
     mrn, accession = unique(), unique()
     bundle, urls = lab_result(org, mrn, accession)
-    created = hospital_a.post("", json=bundle).json()
+    created = send(hospital_a, bundle).json()
     hb_ref = location_id(created["entry"][0])
     report_ref = location_id(created["entry"][6])
 
@@ -260,13 +284,14 @@ def test_conditional_put_in_a_transaction_versions_a_corrected_result(hospital_a
     fixed_hb = {**hb, "status": "amended", "valueQuantity": {**hb["valueQuantity"], "value": 12.1}}
     fixed_report = {**report, "status": "amended", "result": [{"reference": urls["hb"]}]}
     correction = transaction(
-        post(urls["patient"], patient(org, mrn)),
+        *bundle["entry"][1:4],
         put_if(urls["report"], fixed_report),
         put_if(urls["hb"], fixed_hb),
     )
-    response = hospital_a.post("", json=correction)
+    response = send(hospital_a, correction)
     assert response.status_code == 200, response.text
-    _, report_entry, hb_entry = response.json()["entry"]
+    *matched, report_entry, hb_entry = response.json()["entry"]
+    assert [location_id(e) for e in matched] == [location_id(e) for e in created["entry"][1:4]]
     assert hb_entry["response"]["status"].startswith("200")
     assert hb_entry["response"]["location"] == f"{hb_ref}/_history/2"
     assert report_entry["response"]["location"] == f"{report_ref}/_history/2"
@@ -279,6 +304,29 @@ def test_conditional_put_in_a_transaction_versions_a_corrected_result(hospital_a
     assert len(search(hospital_a, "Observation", hb["identifier"][0])) == 1
     stored_report = hospital_a.get(f"/{report_ref}").json()
     assert stored_report["result"] == [{"reference": hb_ref}]
+
+
+def test_conditional_put_without_a_match_creates_and_resolves_its_urn(hospital_a: Client) -> None:
+    """A conditional PUT matching nothing creates (201); references to its urn:uuid reach it."""
+    org = hospital_a.organization
+    pid = hospital_a.post("/Patient", json=patient(org)).json()["id"]
+    result_urn = urn()
+    result = observation(org, pid, identifier=[ident(org, "result", unique())])
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "58410-2"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "performer": [{"reference": f"Organization/{org}"}],
+        "result": [{"reference": result_urn}],
+    }
+    response = send(hospital_a, transaction(post(urn(), report), put_if(result_urn, result)))
+    assert response.status_code == 200, response.text
+    report_entry, result_entry = response.json()["entry"]
+    assert result_entry["response"]["status"].startswith("201")
+    stored = hospital_a.get(f"/{location_id(report_entry)}").json()
+    assert stored["result"] == [{"reference": location_id(result_entry)}]
+    assert len(search(hospital_a, "Observation", result["identifier"][0])) == 1
 
 
 # -- transaction: atomicity ------------------------------------------------------------------------
@@ -297,7 +345,7 @@ def test_invalid_entry_rolls_back_the_whole_transaction(hospital_a: Client) -> N
     org = hospital_a.organization
     bundle, _ = lab_result(org, unique(), unique())
     bundle["entry"][5]["resource"]["status"] = "not-a-status"
-    assert_rolled_back(hospital_a.post("", json=bundle), 5, 422)
+    assert_rolled_back(send(hospital_a, bundle), 5, 422)
     _nothing_stored(hospital_a, bundle)
 
 
@@ -306,7 +354,7 @@ def test_reference_to_a_missing_resource_rolls_back(hospital_a: Client) -> None:
     org = hospital_a.organization
     bundle, _ = lab_result(org, unique(), unique())
     bundle["entry"][4]["resource"]["subject"] = {"reference": "Patient/does-not-exist"}
-    response = hospital_a.post("", json=bundle)
+    response = send(hospital_a, bundle)
     assert_rolled_back(response, 4, 422)
     assert "Patient/does-not-exist" in response.text
     _nothing_stored(hospital_a, bundle)
@@ -318,7 +366,7 @@ def test_unresolved_urn_rolls_back(hospital_a: Client) -> None:
     bundle, _ = lab_result(org, unique(), unique())
     dangling = urn()
     bundle["entry"][6]["resource"]["result"].append({"reference": dangling})
-    response = hospital_a.post("", json=bundle)
+    response = send(hospital_a, bundle)
     assert_rolled_back(response, 6, 422)
     assert dangling in response.text
     _nothing_stored(hospital_a, bundle)
@@ -332,9 +380,7 @@ def test_stale_if_match_in_a_transaction_returns_412_and_stores_nothing(
     current = hospital_a.post("/Patient", json=patient(org)).json()
     pid = current["id"]
     assert hospital_a.put(f"/Patient/{pid}", json={**current, "gender": "male"}).status_code == 200
-    result = observation(
-        org, pid, identifier=[ident(org, "result", unique())]
-    )
+    result = observation(org, pid, identifier=[ident(org, "result", unique())])
     bundle = transaction(
         post(urn(), result),
         {
@@ -342,8 +388,8 @@ def test_stale_if_match_in_a_transaction_returns_412_and_stores_nothing(
             "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'},
         },
     )
-    assert_rolled_back(hospital_a.post("", json=bundle), 1, 412)
-    _nothing_stored(hospital_a, bundle)
+    assert_rolled_back(send(hospital_a, bundle), 1, 412)
+    assert search(hospital_a, "Observation", result["identifier"][0]) == []
     now = hospital_a.get(f"/Patient/{pid}").json()
     assert (now["gender"], now["meta"]["versionId"]) == ("male", "2")
 
@@ -366,11 +412,11 @@ def test_hospital_cannot_write_for_another_hospital_inside_a_transaction(
             ),
         ),
     )
-    assert_rolled_back(hospital_a.post("", json=bundle), 1, 403)
+    assert_rolled_back(send(hospital_a, bundle), 1, 403)
     _nothing_stored(hospital_a, bundle)
 
 
-# -- transaction: DELETE, GET and processing order --------------------------------------------------
+# -- transaction: DELETE, GET and processing order -----------------------------------------------
 
 
 def test_transaction_processes_delete_then_post_then_get(hospital_a: Client) -> None:
@@ -385,7 +431,7 @@ def test_transaction_processes_delete_then_post_then_get(hospital_a: Client) -> 
         post(urn(), fresh),
         {"request": {"method": "DELETE", "url": f"Observation/{old}"}},
     )
-    response = hospital_a.post("", json=bundle)
+    response = send(hospital_a, bundle)
     assert response.status_code == 200, response.text
     found, read, created, deleted = response.json()["entry"]
 
@@ -408,7 +454,7 @@ def test_failed_transaction_undoes_its_delete(hospital_a: Client) -> None:
         {"request": {"method": "DELETE", "url": f"Observation/{old}"}},
         post(urn(), observation(org, pid, status="bogus")),
     )
-    assert_rolled_back(hospital_a.post("", json=bundle), 1, 422)
+    assert_rolled_back(send(hospital_a, bundle), 1, 422)
     assert hospital_a.get(f"/Observation/{old}").status_code == 200
 
 
@@ -429,7 +475,7 @@ def test_batch_reports_each_entry_and_keeps_the_successes(hospital_a: Client) ->
         {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
         kind="batch",
     )
-    response = hospital_a.post("", json=bundle)
+    response = send(hospital_a, bundle)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["type"] == "batch-response"
@@ -441,14 +487,14 @@ def test_batch_reports_each_entry_and_keeps_the_successes(hospital_a: Client) ->
     assert len(search(hospital_a, "Patient", other["identifier"][0])) == 1
 
 
-# -- malformed bundles ------------------------------------------------------------------------------
+# -- malformed bundles ---------------------------------------------------------------------------
 
 
 def test_base_accepts_only_batch_or_transaction_bundles(hospital_a: Client) -> None:
     """POST to the base with a non-Bundle or a collection Bundle is a 400."""
     org = hospital_a.organization
     for body in (patient(org), transaction(post(urn(), patient(org)), kind="collection")):
-        response = hospital_a.post("", json=body)
+        response = send(hospital_a, body)
         assert response.status_code == 400, response.text
         assert response.json()["resourceType"] == "OperationOutcome"
 
@@ -458,5 +504,33 @@ def test_entry_without_request_is_a_400(hospital_a: Client) -> None:
     org = hospital_a.organization
     lone = patient(org)
     bundle = transaction(post(urn(), patient(org)), {"fullUrl": urn(), "resource": lone})
-    assert_rolled_back(hospital_a.post("", json=bundle), 1, 400)
+    assert_rolled_back(send(hospital_a, bundle), 1, 400)
     _nothing_stored(hospital_a, bundle)
+
+
+def test_duplicate_full_urls_are_rejected(hospital_a: Client) -> None:
+    """Two entries with the same fullUrl make references ambiguous: 400, nothing stored."""
+    org = hospital_a.organization
+    same = urn()
+    bundle = transaction(post(same, patient(org)), post(same, patient(org)))
+    assert_rolled_back(send(hospital_a, bundle), 1, 400)
+    _nothing_stored(hospital_a, bundle)
+
+
+def test_malformed_entry_requests_are_400_not_500(hospital_a: Client) -> None:
+    """Wrongly typed request elements are a 400 OperationOutcome, never a server error."""
+    resource = patient(hospital_a.organization)
+    for request in (
+        "POST Patient",
+        {"method": ["POST"], "url": "Patient"},
+        {"method": "POST", "url": 5},
+        {"method": "POST", "url": "Patient", "ifNoneExist": 5},
+        {"method": "PUT", "url": "Patient/x", "ifMatch": {"v": 1}},
+        {"method": "PATCHY", "url": "Patient"},
+    ):
+        bundle = transaction({"fullUrl": urn(), "resource": resource, "request": request})
+        response = send(hospital_a, bundle)
+        assert response.status_code == 400, (request, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome"
+    for body in (transaction("not an entry"), {**transaction(), "entry": {"a": 1}}):
+        assert send(hospital_a, body).status_code == 400

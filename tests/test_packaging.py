@@ -28,7 +28,10 @@ def test_layout_packages_exist() -> None:
 
 def _compose() -> list[str] | None:
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
         return [docker, "compose"]
     legacy = shutil.which("docker-compose")
     return [legacy] if legacy else None
@@ -39,8 +42,12 @@ def test_docker_compose_file_is_accepted() -> None:
     compose = _compose()
     if compose is None:
         pytest.skip("no docker compose tool on this machine (.ci/run installs one)")
-    result = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "config",
-                             "--services"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [*compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     services = set(result.stdout.split())
     assert {"postgres", "redis", "api", "worker"} <= services

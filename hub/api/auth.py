@@ -44,6 +44,8 @@ async def token(request: Request) -> Response:
             return _oauth_error(401, "invalid_client", "malformed Basic credentials")
     if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id:
         return _oauth_error(401, "invalid_client", "client_id and client_secret are required")
+    if "\x00" in client_id or "\x00" in secret:  # PostgreSQL text cannot hold it: no client has it
+        return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     async with hub.database.connection() as conn:
         found = await ClientRegistry(conn).get(client_id)
     valid = (

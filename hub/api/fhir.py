@@ -80,6 +80,8 @@ async def read_json(request: Request) -> dict[str, Any]:
         raise bad_request(f"the body is not valid JSON: {error}", code="structure") from None
     if not isinstance(data, dict):
         raise bad_request("the body must be a JSON object (a FHIR resource)", code="structure")
+    if b"\\u0000" in body:  # PostgreSQL text cannot hold NUL, and FHIR strings may not either
+        raise bad_request("the body contains a NUL character (\\u0000)", code="invalid")
     return data
 
 

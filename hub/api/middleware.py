@@ -14,6 +14,8 @@ import orjson
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.fhir.outcomes import FhirError
+
 access_log = logging.getLogger("yijian.access")
 
 REQUESTS = Counter("yijian_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -25,8 +27,20 @@ LATENCY = Histogram(
 )
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(FhirError):
+    """Raised while the app reads a body (sent without Content-Length) beyond the limit.
+
+    A ``FhirError``, so the request's audit scope and the app's error handler answer it as 413
+    rather than as an unexpected error.
+    """
+
+    def __init__(self, limit: int):
+        super().__init__(
+            413,
+            "too-long",
+            f"the request body exceeds the limit of {limit} bytes",
+            headers={"Connection": "close"},
+        )
 
 
 class ObservabilityMiddleware:
@@ -61,7 +75,7 @@ class ObservabilityMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
             return message
 
         async def send_with_id(message: Message) -> None:

@@ -101,5 +101,6 @@ def bundle(
         body["total"] = total
     if links:
         body["link"] = [{"relation": r, "url": u} for r, u in links]
-    body["entry"] = entries
+    if entries:  # FHIR JSON has no empty arrays
+        body["entry"] = entries
     return body

@@ -29,8 +29,8 @@ def parse_range(value: str, default_zone: tzinfo) -> tuple[datetime, datetime]:
     if not match:
         raise DateFormatError(f"not a FHIR date or dateTime: {value!r}")
     parts = match.groupdict()
-    zone = _zone(parts["zone"], default_zone)
     try:
+        zone = _zone(parts["zone"], default_zone)  # ValueError beyond ±24:00
         year = int(parts["year"])
         if parts["month"] is None:
             low = datetime(year, 1, 1, tzinfo=zone)
@@ -61,7 +61,7 @@ def parse_range(value: str, default_zone: tzinfo) -> tuple[datetime, datetime]:
             low = low.replace(microsecond=micro)
             return _utc(low), _utc(low + timedelta(microseconds=10 ** (6 - len(digits))))
         return _utc(low), _utc(low + timedelta(seconds=1))
-    except ValueError as error:  # month 13, day 32, hour 25...
+    except (ValueError, OverflowError) as error:  # month 13, day 32, hour 25, year 10000...
         raise DateFormatError(f"not a valid date: {value!r} ({error})") from None
 
 

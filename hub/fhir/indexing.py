@@ -34,8 +34,11 @@ class IndexRows:
     uri: list[tuple[str, str]] = field(default_factory=list)
 
     def references(self) -> set[tuple[str, str]]:
-        """Local ``(type, id)`` targets, for referential-integrity checks."""
-        return {(t, i) for _, t, i, _ in self.reference if t and i}
+        """Local ``(type, id)`` targets, for referential-integrity checks.
+
+        An empty id (``"Patient/"``) is kept, so that it is reported as unknown, not stored.
+        """
+        return {(t, i or "") for _, t, i, _ in self.reference if t}
 
 
 def normalize(text: str) -> str:

@@ -110,7 +110,9 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             backward, values, pk = orjson.loads(raw)
-            if not isinstance(values, list) or not isinstance(pk, int):
+            if not isinstance(values, list) or not isinstance(pk, int) or isinstance(pk, bool):
+                raise ValueError
+            if not -(2**63) <= pk < 2**63:  # a PostgreSQL bigint
                 raise ValueError
             return cls(bool(backward), values, pk)
         except (ValueError, TypeError, orjson.JSONDecodeError):
@@ -155,6 +157,8 @@ class SearchParser:
     ) -> SearchRequest:
         request = SearchRequest(resource_type, count=self.default_count)
         for key, value in query:
+            if "\x00" in key or "\x00" in value:
+                raise bad_request("search parameters may not contain NUL characters")
             name = key.split(":", 1)[0].split(".", 1)[0]
             if name in RESULT_PARAMS:
                 self._result_param(request, key, value)
@@ -329,6 +333,8 @@ def _decimal_range(code: str, text: str) -> tuple[Decimal, Decimal]:
         number = Decimal(text)
     except InvalidOperation:
         raise bad_request(f"{code}: {text!r} is not a number") from None
+    if not number.is_finite() or abs(number.adjusted()) > 1000:
+        raise bad_request(f"{code}: {text!r} is not a finite number in range")
     exponent = number.as_tuple().exponent
     half = Decimal(5).scaleb(exponent - 1) if isinstance(exponent, int) else Decimal(0)
     return number - half, number + half

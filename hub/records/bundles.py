@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hub.api.responses import bundle
+from hub.fhir.indexing import split_reference
 from hub.fhir.outcomes import FhirError, bad_request
 from hub.records.unit_of_work import UnitOfWork, unit_of_work
 from hub.storage.resources import StoredResource, WriteContext
@@ -37,12 +38,27 @@ async def process(
     entries = body.get("entry") or []
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
+    full_urls: set[str] = set()
     for index, item in enumerate(entries):
         request = item.get("request") if isinstance(item, dict) else None
+        full_url = item.get("fullUrl") if isinstance(item, dict) else None
+        if isinstance(full_url, str):  # bdl-7; two entries with one urn:uuid would share an id
+            if full_url in full_urls:
+                raise bad_request(
+                    f"Bundle.entry[{index}].fullUrl {full_url!r} is not unique", code="structure"
+                )
+            full_urls.add(full_url)
         if (
             not isinstance(request, dict)
-            or request.get("method") not in ORDER
-            or not request.get("url")
+            or not isinstance(request.get("method"), str)
+            or request["method"] not in ORDER
+            or not isinstance(request.get("url"), str)
+            or not request["url"]
+            or any(
+                not isinstance(request.get(key), str)
+                for key in ("ifNoneExist", "ifMatch")
+                if request.get(key) is not None
+            )
         ):
             raise bad_request(
                 f"Bundle.entry[{index}].request needs a method and url", code="structure"
@@ -65,6 +81,7 @@ async def _transaction(
     mapping = _assign_ids(entries)
     async with unit_of_work(hub.database, write=True) as uow:
         matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
+        await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
         for index in order:
             try:
                 if index in matched:
@@ -76,8 +93,67 @@ async def _transaction(
             except FhirError as error:
                 error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
                 raise
+        # Check references here, so the error can name the entry; the unit of work's own
+        # check at commit would repeat the same query on the same set, so it is emptied.
+        missing = await uow.resources.missing_references(uow.references)
+        if missing:
+            raise _missing_references(entries, mapping, missing)
+        uow.references.clear()
         audit.capture(uow)
     return bundle("transaction-response", [r for r in responses if r is not None])
+
+
+def _missing_references(
+    entries: list[dict[str, Any]], mapping: dict[str, str], missing: set[tuple[str, str]]
+) -> FhirError:
+    """A 422 naming the first entry that references one of the ``missing`` resources."""
+    listed = ", ".join(sorted(f"{t}/{i}" for t, i in missing)[:10])
+    for index, item in enumerate(entries):
+        resource = item.get("resource")
+        if not isinstance(resource, dict):
+            continue
+        named = {split_reference(r)[:2] for r in _references(_rewrite(resource, mapping))}
+        if named & missing:
+            return FhirError(
+                422,
+                "not-found",
+                f"Bundle.entry[{index}]: references to unknown resources: {listed}",
+            )
+    return FhirError(422, "not-found", f"references to unknown resources: {listed}")
+
+
+async def _resolve_conditional_updates(
+    hub: Hub,
+    principal: Principal,
+    uow: UnitOfWork,
+    entries: list[dict[str, Any]],
+    mapping: dict[str, str],
+) -> None:
+    """Point the ``urn:uuid`` of each conditional update at the resource it will write.
+
+    ``_assign_ids`` gave it a fresh id (used if nothing matches); a match replaces it. With
+    several matches the mapping is left alone: the update itself reports the 412.
+    """
+    for index, item in enumerate(entries):
+        request, full_url = item["request"], item.get("fullUrl")
+        resource_type = _conditional_update_type(request)
+        if resource_type is None or not isinstance(full_url, str) or full_url not in mapping:
+            continue
+        criteria = request["url"].split("?", 1)[1]
+        try:
+            existing = await hub.records.match_if_none_exist(
+                uow, principal, resource_type, criteria
+            )
+        except FhirError as error:
+            if error.status == 412:
+                continue
+            error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
+            raise
+        resource = item["resource"]  # a dict: _assign_ids maps only entries that have one
+        if existing is not None:
+            mapping[full_url] = f"{resource_type}/{existing.resource_id}"
+        elif isinstance(resource.get("id"), str):
+            mapping[full_url] = f"{resource_type}/{resource['id']}"
 
 
 async def _resolve_conditional_creates(
@@ -146,8 +222,20 @@ def _assign_ids(entries: list[dict[str, Any]]) -> dict[str, str]:
             isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)
         ):
             url = item["request"]["url"]
-            mapping[full_url] = url.split("?", 1)[0]
+            if _conditional_update_type(item["request"]):  # see _resolve_conditional_updates
+                mapping[full_url] = f"{resource.get('resourceType')}/{uuid.uuid4()}"
+            else:
+                mapping[full_url] = url.split("?", 1)[0]
     return mapping
+
+
+def _conditional_update_type(request: dict[str, Any]) -> str | None:
+    """The resource type of a ``PUT Type?criteria`` request, else None."""
+    parts = urlsplit(request["url"])
+    path = [p for p in parts.path.split("/") if p]
+    if request["method"] == "PUT" and len(path) == 1 and parts.query:
+        return path[0]
+    return None
 
 
 def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
@@ -162,6 +250,21 @@ def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_rewrite(item, mapping) for item in value]
     return value
+
+
+def _references(value: Any) -> list[str]:
+    """Every ``reference`` string in a resource."""
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                found.append(item)
+            else:
+                found += _references(item)
+        return found
+    if isinstance(value, list):
+        return [r for item in value for r in _references(item)]
+    return []
 
 
 def _unresolved(value: Any) -> str | None:
@@ -223,6 +326,10 @@ async def _entry(
                 uow, principal, path[0], path[1], resource, context, request.get("ifMatch")
             )
         elif len(path) == 1 and parts.query:
+            full_url = item.get("fullUrl")
+            assigned = mapping.get(full_url) if isinstance(full_url, str) else None
+            if assigned:  # the id its urn:uuid was resolved to
+                resource = {**resource, "id": assigned.split("/", 1)[1]}
             result = await records.conditional_update(
                 uow, principal, path[0], parse_qsl(parts.query), resource, context
             )

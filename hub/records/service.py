@@ -24,6 +24,7 @@ from hub.fhir.search import Cursor, SearchParser, SearchRequest
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 from hub.records.unit_of_work import UnitOfWork
 from hub.security import policy
+from hub.security.audit_events import AuditEventView
 from hub.security.principals import Principal
 from hub.security.scopes import CREATE, DELETE, READ, SEARCH, UPDATE
 from hub.storage.resources import Page, StoredResource, WriteContext
@@ -91,6 +92,11 @@ class RecordService:
     ) -> StoredResource:
         check_type(resource_type)
         policy.require(principal, resource_type, READ)
+        if resource_type == "AuditEvent":
+            event = await AuditEventView(uow.connection).read(resource_id)
+            if event is None:
+                raise not_found(resource_type, resource_id)
+            return event
         stored = await uow.resources.current(resource_type, resource_id)
         if stored is None or not policy.may_read_row(principal, resource_type, stored.owner_org):
             raise not_found(resource_type, resource_id)
@@ -109,6 +115,8 @@ class RecordService:
     ) -> StoredResource:
         check_type(resource_type)
         policy.require(principal, resource_type, READ)
+        if resource_type == "AuditEvent" and version == "1":
+            return await self.read(uow, principal, resource_type, resource_id)
         if not version.isdigit():
             raise not_found(resource_type, f"{resource_id}/_history/{version}")
         stored = await uow.resources.version(resource_type, resource_id, int(version))
@@ -347,6 +355,8 @@ class RecordService:
         check_type(resource_type)
         policy.require(principal, resource_type, SEARCH)
         request = self.parser.parse(resource_type, query, strict)
+        if resource_type == "AuditEvent":
+            return await self._search_audit_log(uow, request)
         access = policy.read_filter(principal)
         if request.summary_count or request.count == 0:
             total = await uow.resources.count(request, access)
@@ -361,6 +371,17 @@ class RecordService:
         for stored in page.rows + result.included:
             self.note(uow, stored)
         return result
+
+    async def _search_audit_log(self, uow: UnitOfWork, request: SearchRequest) -> SearchResult:
+        """AuditEvents are the audit log itself, searched on its own columns."""
+        view = AuditEventView(uow.connection)
+        if request.includes or request.revincludes:
+            raise bad_request("_include/_revinclude are not supported on AuditEvent")
+        if request.summary_count or request.count == 0:
+            return SearchResult(request, Page([], None, None), total=await view.count(request))
+        page = await view.search(request)
+        total = await view.count(request) if request.total == "accurate" else None
+        return SearchResult(request, page, total=total)
 
     async def _includes(
         self,
@@ -429,7 +450,8 @@ class RecordService:
         if "_since" in query:
             try:
                 since = datetime.fromisoformat(query["_since"].replace("Z", "+00:00"))
-            except ValueError:
+                since = since.replace(tzinfo=since.tzinfo or UTC).astimezone(UTC)
+            except (ValueError, OverflowError):  # year 1 at +14:00 is before the first instant
                 raise bad_request("_since must be an instant") from None
         count = _count(query, default_count, self.parser.max_count)
         cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
@@ -437,9 +459,7 @@ class RecordService:
             resource_type, resource_id, since, count, cursor, policy.read_filter(principal)
         )
         for stored in page.rows:
-            uow.entities.append(
-                f"{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}"
-            )
+            self.note(uow, stored)  # entities and their patients, for the audit record
         return page
 
     # -- $everything ----------------------------------------------------------------------------
@@ -457,8 +477,9 @@ class RecordService:
         types = [t for t in RESOURCE_TYPES if t in readable]
         if "_type" in query:
             wanted = [t.strip() for t in query["_type"].split(",") if t.strip()]
-            for t in wanted:
-                check_type(t)
+            for t in wanted:  # a bad parameter value: 400 (a 404 would say "no such patient")
+                if t not in RESOURCE_TYPES:
+                    raise bad_request(f"_type: resource type {t!r} is not supported")
             types = [t for t in wanted if t in readable]
         since = period = None
         zone = self.indexer.zone
@@ -500,10 +521,30 @@ class RecordService:
             referenced = await uow.resources.referenced_by(
                 [r.pk for r in page.rows], policy.read_filter(principal), MAX_INCLUDED
             )
-            referenced = [r for r in referenced if r.resource_type in types]
+            referenced = [
+                r
+                for r in referenced
+                if r.resource_type in types and not self._of_other_patients(r, patient_id)
+            ]
         for stored in page.rows + referenced:
             self.note(uow, stored)
         return page, referenced
+
+    def _of_other_patients(self, stored: StoredResource, patient_id: str) -> bool:
+        """True when ``stored`` is about patients, none of them ``patient_id``.
+
+        ``$everything`` includes what the record references (organizations, practitioners),
+        but never another patient's data that a resource happens to cite.
+        """
+        named = {stored.resource_id} if stored.resource_type == "Patient" else set()
+        path = self._patient_paths.get(stored.resource_type)
+        if path is not None and stored.content is not None:
+            for value, _ in path.evaluate(orjson.loads(stored.content)):
+                if isinstance(value, dict) and isinstance(value.get("reference"), str):
+                    target_type, target_id, _ = split_reference(value["reference"])
+                    if target_type == "Patient":
+                        named.add(target_id)
+        return bool(named) and patient_id not in named
 
     # -- audit bookkeeping ----------------------------------------------------------------------
 

@@ -32,18 +32,30 @@ class UnitOfWork:
 
 @contextlib.asynccontextmanager
 async def unit_of_work(database: Database, *, write: bool) -> AsyncIterator[UnitOfWork]:
-    """Commit on success (after the reference check), roll back on any exception."""
-    async with database.connection() as connection:
-        if not write:
-            yield UnitOfWork(connection, ResourceRepository(connection))
-            return
-        transaction = connection.transaction()
-        await transaction.start()
-        uow = UnitOfWork(connection, ResourceRepository(connection))
-        try:
-            yield uow
-            await uow.check_references()
-        except BaseException:
-            await transaction.rollback()
-            raise
-        await transaction.commit()
+    """Commit on success (after the reference check), roll back on any exception.
+
+    A value PostgreSQL refuses as data (a NUL character in a string, a number out of range)
+    came from the request, so it is answered 400, not 500.
+    """
+    try:
+        async with database.connection() as connection:
+            if not write:
+                yield UnitOfWork(connection, ResourceRepository(connection))
+                return
+            transaction = connection.transaction()
+            await transaction.start()
+            uow = UnitOfWork(connection, ResourceRepository(connection))
+            try:
+                yield uow
+                await uow.check_references()
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+    except asyncpg.DataError as error:
+        raise FhirError(
+            400,
+            "invalid",
+            "the request contains a value that cannot be stored or searched "
+            f"(such as a NUL character or an out-of-range number): {type(error).__name__}",
+        ) from None

@@ -8,7 +8,7 @@ it is given). All methods run on the unit of work's connection and transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -368,11 +368,16 @@ class ResourceRepository:
         if since:
             where.append(f"v.last_updated >= {sql.add(since)}")
         if cursor is not None:
-            lu, pk, vid = (
-                sql.add(_parse_instant(cursor.values[0])),
-                sql.add(cursor.pk),
-                sql.add(int(cursor.values[1])),
-            )
+            try:  # a client-supplied position: malformed is 400, never a database error
+                instant, version = _parse_instant(str(cursor.values[0])), int(cursor.values[1])
+                instant = instant.replace(tzinfo=instant.tzinfo or UTC).astimezone(UTC)
+                if not -(2**31) <= version < 2**31:
+                    raise ValueError
+            except (IndexError, TypeError, ValueError, OverflowError):
+                from hub.fhir.outcomes import bad_request
+
+                raise bad_request("_cursor is not a valid history position") from None
+            lu, pk, vid = sql.add(instant), sql.add(cursor.pk), sql.add(version)
             where.append(f"(v.last_updated, v.pk, v.version_id) < ({lu}, {pk}, {vid})")
         query = (
             "SELECT v.pk, v.res_type, v.res_id, v.version_id, v.last_updated, v.content, "
@@ -468,6 +473,8 @@ def _stored(record: asyncpg.Record) -> StoredResource:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
+        if value.tzinfo is None:  # asyncpg's ±infinity (sort value of a missing date)
+            return "infinity" if value == datetime.max else "-infinity"
         return value.isoformat()
     if value is None or isinstance(value, int | str):
         return value

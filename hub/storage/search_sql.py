@@ -8,6 +8,8 @@ stays correct while resources are added or removed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hub.fhir.indexing import normalize
@@ -115,11 +117,14 @@ class SearchCompiler:
 
     def _column(self, sql: Sql, criterion: Criterion, alias: str) -> str:
         column = f"{alias}.{criterion.param.column}"
+        if criterion.modifier == "missing":  # every resource has an id and a lastUpdated
+            return "FALSE" if criterion.values[0] else "TRUE"
         if criterion.param.type == "token":  # _id
             ids = [v.code for v in criterion.values if isinstance(v, TokenValue) and v.code]
-            return f"{column} = ANY({sql.add(ids)}::text[])"
+            match = "<> ALL" if criterion.modifier == "not" else "= ANY"
+            return f"{column} {match}({sql.add(ids)}::text[])"
         parts = [
-            _range(sql, v, column, f"({column} + interval '1 microsecond')")
+            range_condition(sql, v, column, f"({column} + interval '1 microsecond')")
             for v in criterion.values
         ]
         return "(" + " OR ".join(parts) + ")"
@@ -147,10 +152,10 @@ class SearchCompiler:
                 return f"x.uri LIKE {sql.add(escape_like(value) + '%')}"
             return f"x.uri = {sql.add(value)}"
         if kind == "date":
-            return _range(sql, value, "x.low", "x.high")
+            return range_condition(sql, value, "x.low", "x.high")
         if kind == "quantity":
             assert isinstance(value, RangeValue)
-            parts = [_range(sql, value, "x.value", "x.value", numeric=True)]
+            parts = [range_condition(sql, value, "x.value", "x.value", numeric=True)]
             if value.system:
                 parts.append(f"x.system = {sql.add(value.system)}")
             if value.code:
@@ -243,9 +248,25 @@ class SortColumn:
         return self.alias or self.expression
 
     def param(self, sql: Sql, value: Any) -> str:
+        """``value`` comes from a client-supplied cursor: ValueError unless it fits the type."""
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"cursor value {value!r} is not a {self.sql_type}")
         if self.sql_type == "bigint":
-            return f"{sql.add(int(value))}::bigint"
-        return f"CAST({sql.add(str(value))}::text AS {self.sql_type})"
+            if not isinstance(value, int) or not -(2**63) <= value < 2**63:
+                raise ValueError(f"cursor value {value!r} is not a bigint")
+            return f"{sql.add(value)}::bigint"
+        text = str(value)
+        if self.sql_type == "timestamptz" and text not in ("infinity", "-infinity"):
+            text = datetime.fromisoformat(text).isoformat()  # canonical: PostgreSQL reads it
+        elif self.sql_type == "numeric":
+            try:
+                number = Decimal(text)
+            except InvalidOperation:
+                raise ValueError(f"cursor value {value!r} is not a number") from None
+            if number.is_nan() or (number.is_finite() and abs(number.adjusted()) > 1000):
+                raise ValueError(f"cursor value {value!r} is out of range")
+            text = str(number)
+        return f"CAST({sql.add(text)}::text AS {self.sql_type})"
 
 
 def _sql_type(key: SortKey) -> str:
@@ -254,7 +275,7 @@ def _sql_type(key: SortKey) -> str:
     return "numeric" if key.param.type == "quantity" else "text"
 
 
-def _range(sql: Sql, value: RangeValue, low: str, high: str, numeric: bool = False) -> str:
+def range_condition(sql: Sql, value: RangeValue, low: str, high: str, numeric: bool = False) -> str:
     """Compare a target range ``[low, high)`` with a search value, per the FHIR prefixes."""
     prefix = value.prefix
     if numeric:  # the stored number is a point; the search value has an implicit precision
