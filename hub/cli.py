@@ -192,7 +192,7 @@ def orgs_add(name: str, identifier: str, as_json: bool) -> None:
             "name": name,
             "identifier": [{"system": system, "value": value}],
         }
-        async with unit_of_work(admin.hub.database, write=True) as uow:
+        async with unit_of_work(admin.hub.database, transaction=True) as uow:
             outcome = await admin.hub.records.create(
                 uow,
                 admin.principal,

@@ -98,7 +98,7 @@ async def _register(settings: Any) -> dict[str, dict[str, str]]:
         "cli:demo", "demo loader", ClientKind.ADMIN, "hub", frozenset({"system/*.cruds"})
     )
     orgs = {}
-    async with unit_of_work(hub.database, write=True) as uow:
+    async with unit_of_work(hub.database, transaction=True) as uow:
         for hospital in HOSPITALS:
             outcome = await hub.records.create(
                 uow,

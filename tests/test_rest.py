@@ -139,3 +139,51 @@ def test_observation_links_to_its_patient_and_needs_it_to_exist(hospital_a: Clie
     dangling = hospital_a.post("/Observation", json=observation(org, "no-such-patient"))
     assert dangling.status_code == 422
     assert "Patient/no-such-patient" in dangling.text
+
+
+def test_concurrent_updates_each_get_their_own_version(
+    hub: HubUnderTest, hospital_a: Client
+) -> None:
+    """Concurrent PUTs never lose a version: N writers produce versions 2..N+1."""
+    import concurrent.futures
+
+    pid = hospital_a.post("/Patient", json=patient(hospital_a.organization)).json()["id"]
+    body = hospital_a.get(f"/Patient/{pid}").json()
+    headers = dict(hospital_a.http.headers)
+
+    def put(index: int) -> int:
+        import httpx
+
+        changed = {**body, "name": [{"text": f"name {index}"}]}
+        response = httpx.put(f"{hub.fhir}/Patient/{pid}", json=changed, headers=headers)
+        assert response.status_code in (200, 409), response.text
+        return response.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(put, range(8)))
+    ok = statuses.count(200)
+    assert ok >= 6  # a 409 only after repeated lost races, which is rare
+    history = hospital_a.get(f"/Patient/{pid}/_history").json()["entry"]
+    assert sorted(int(e["response"]["etag"][3:-1]) for e in history) == list(range(1, ok + 2))
+
+
+def test_concurrent_if_match_lets_exactly_one_writer_win(
+    hub: HubUnderTest, hospital_a: Client
+) -> None:
+    """With If-Match on the same version, one PUT succeeds and the rest get 412."""
+    import concurrent.futures
+
+    import httpx
+
+    pid = hospital_a.post("/Patient", json=patient(hospital_a.organization)).json()["id"]
+    body = hospital_a.get(f"/Patient/{pid}").json()
+    headers = {**hospital_a.http.headers, "If-Match": 'W/"1"'}
+
+    def put(index: int) -> int:
+        changed = {**body, "name": [{"text": f"name {index}"}]}
+        return httpx.put(f"{hub.fhir}/Patient/{pid}", json=changed, headers=headers).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(put, range(6)))
+    assert statuses.count(200) == 1
+    assert statuses.count(412) == 5

@@ -173,14 +173,16 @@ async def create(resource_type: str, request: Request, principal: Caller) -> Res
     check_type(resource_type)
     async with audited(request, principal, "create", "C") as audit:
         resource = await read_json(request)
-        async with unit_of_work(hub.database, write=True) as uow:
+        if_none_exist = request.headers.get("if-none-exist")
+        # Only a conditional create needs a transaction (search, then write, under a lock).
+        async with unit_of_work(hub.database, transaction=bool(if_none_exist)) as uow:
             outcome = await hub.records.create(
                 uow,
                 principal,
                 resource_type,
                 resource,
                 write_context(request, principal),
-                request.headers.get("if-none-exist"),
+                if_none_exist,
             )
         audit.capture(uow)
         audit.status = 201 if outcome.created else 200
@@ -196,7 +198,7 @@ async def conditional_update(resource_type: str, request: Request, principal: Ca
         raise bad_request("a conditional update needs search criteria in the URL")
     async with audited(request, principal, "update", "U", redacted_query(hub, pairs)) as audit:
         resource = await read_json(request)
-        async with unit_of_work(hub.database, write=True) as uow:
+        async with unit_of_work(hub.database, transaction=True) as uow:
             outcome = await hub.records.conditional_update(
                 uow, principal, resource_type, pairs, resource, write_context(request, principal)
             )
@@ -214,7 +216,7 @@ async def patient_everything(patient_id: str, request: Request, principal: Calle
     hub = get_hub(request)
     query = dict(query_pairs(request))
     async with audited(request, principal, "operation:everything", "R") as audit:
-        async with unit_of_work(hub.database, write=False) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             page, referenced = await hub.records.everything(
                 uow, principal, patient_id, query, hub.settings.search_default_count
             )
@@ -241,7 +243,7 @@ async def read(
 ) -> Response:
     hub = get_hub(request)
     async with audited(request, principal, "read", "R") as audit:
-        async with unit_of_work(hub.database, write=False) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             stored = await hub.records.read(uow, principal, resource_type, resource_id)
         audit.capture(uow)
     headers = version_headers(stored, fhir_base(request))
@@ -262,7 +264,7 @@ async def update(
     check_type(resource_type)
     async with audited(request, principal, "update", "U") as audit:
         resource = await read_json(request)
-        async with unit_of_work(hub.database, write=True) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             outcome = await hub.records.update(
                 uow,
                 principal,
@@ -286,7 +288,7 @@ async def delete(
 ) -> Response:
     hub = get_hub(request)
     async with audited(request, principal, "delete", "D") as audit:
-        async with unit_of_work(hub.database, write=True) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             await hub.records.delete(
                 uow, principal, resource_type, resource_id, write_context(request, principal)
             )
@@ -315,7 +317,7 @@ async def vread(
 ) -> Response:
     hub = get_hub(request)
     async with audited(request, principal, "vread", "R") as audit:
-        async with unit_of_work(hub.database, write=False) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             stored = await hub.records.vread(uow, principal, resource_type, resource_id, version_id)
         audit.capture(uow)
     headers = version_headers(stored, fhir_base(request))
@@ -344,7 +346,7 @@ async def _search(
     hub = get_hub(request)
     check_type(resource_type)
     async with audited(request, principal, "search-type", "E", redacted_query(hub, pairs)) as audit:
-        async with unit_of_work(hub.database, write=False) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             result = await hub.records.search(
                 uow, principal, resource_type, pairs, strict_handling(request)
             )
@@ -405,7 +407,7 @@ async def _history(
         else ("history-type" if resource_type else "history-system")
     )
     async with audited(request, principal, interaction, "R") as audit:
-        async with unit_of_work(hub.database, write=False) as uow:
+        async with unit_of_work(hub.database, transaction=False) as uow:
             page = await hub.records.history(
                 uow, principal, resource_type, resource_id, query, hub.settings.search_default_count
             )

@@ -79,7 +79,7 @@ async def _transaction(
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     responses: list[dict[str, Any] | None] = [None] * len(entries)
     mapping = _assign_ids(entries)
-    async with unit_of_work(hub.database, write=True) as uow:
+    async with unit_of_work(hub.database, transaction=True) as uow:
         matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
         await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
         for index in order:
@@ -195,7 +195,7 @@ async def _batch(
     responses = []
     for item in entries:
         try:
-            async with unit_of_work(hub.database, write=True) as uow:
+            async with unit_of_work(hub.database, transaction=True) as uow:
                 responses.append(await _entry(hub, principal, uow, item, context, base, {}))
             audit.capture(uow)
         except FhirError as error:

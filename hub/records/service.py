@@ -17,8 +17,8 @@ import orjson
 import fhir_profiles
 from hub.fhir import validation
 from hub.fhir.datetimes import instant
-from hub.fhir.indexing import Indexer, split_reference
-from hub.fhir.outcomes import FhirError, bad_request, gone, not_found
+from hub.fhir.indexing import Indexer, IndexRows, split_reference
+from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
 from hub.fhir.search import Cursor, SearchParser, SearchRequest
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
@@ -30,6 +30,7 @@ from hub.security.scopes import CREATE, DELETE, READ, SEARCH, UPDATE
 from hub.storage.resources import Page, StoredResource, WriteContext
 
 MAX_INCLUDED = 1000
+WRITE_ATTEMPTS = 3  # optimistic writes re-read and retry this often before a 409
 INCLUDE_ITERATIONS = 3
 # The clinical date of each type, for $everything's start/end.
 CLINICAL_DATES = {
@@ -152,6 +153,8 @@ class RecordService:
         stored = await self._write(
             uow, resource_type, resource_id, 1, resource, context, method="POST", owner=owner
         )
+        if stored is None:
+            raise FhirError(409, "duplicate", f"{resource_type}/{resource_id} already exists")
         return WriteOutcome(stored, created=True)
 
     async def match_if_none_exist(
@@ -187,39 +190,37 @@ class RecordService:
                 f"the resource id ({resource.get('id')!r}) must match the URL ({resource_id!r})"
             )
         validation.validate(resource, resource_type)
-        current = await uow.resources.current(resource_type, resource_id, lock=True)
-        exists = current is not None and not current.deleted
-        policy.require(principal, resource_type, UPDATE if exists else CREATE)
-        if current is not None and not policy.may_read_row(
-            principal, resource_type, current.owner_org
-        ):
-            raise policy.forbidden(f"{resource_type}/{resource_id} belongs to another organization")
-        if if_match is not None:
-            expected = parse_etag(if_match)
-            if current is None or current.deleted or str(current.version_id) != expected:
-                have = "none" if current is None or current.deleted else current.version_id
-                raise FhirError(
-                    412,
-                    "conflict",
-                    f"If-Match {if_match} does not match the current "
-                    f"version ({have}) of {resource_type}/{resource_id}",
-                )
-        owner = policy.owner_for_write(
-            principal, resource, current.owner_org if current else None, exists=exists
-        )
-        version = current.version_id + 1 if current else 1
-        stored = await self._write(
-            uow,
-            resource_type,
-            resource_id,
-            version,
-            resource,
-            context,
-            method="PUT",
-            owner=owner,
-            existing_pk=current.pk if current else None,
-        )
-        return WriteOutcome(stored, created=not exists)
+        for _ in range(WRITE_ATTEMPTS):
+            current = await uow.resources.current(
+                resource_type, resource_id, lock=uow.in_transaction
+            )
+            exists = current is not None and not current.deleted
+            policy.require(principal, resource_type, UPDATE if exists else CREATE)
+            if current is not None and not policy.may_read_row(
+                principal, resource_type, current.owner_org
+            ):
+                raise forbidden(f"{resource_type}/{resource_id} belongs to another organization")
+            if if_match is not None:
+                _check_if_match(if_match, current, resource_type, resource_id)
+            owner = policy.owner_for_write(
+                principal, resource, current.owner_org if current else None, exists=exists
+            )
+            stored = await self._write(
+                uow,
+                resource_type,
+                resource_id,
+                current.version_id + 1 if current else 1,
+                resource,
+                context,
+                method="PUT",
+                owner=owner,
+                existing_pk=current.pk if current else None,
+            )
+            if stored is not None:
+                return WriteOutcome(stored, created=not exists)
+            # another writer changed it between our read and write: read again (If-Match, if
+            # given, will now fail with 412)
+        raise _write_conflict(resource_type, resource_id)
 
     async def conditional_update(
         self,
@@ -262,26 +263,33 @@ class RecordService:
         """Delete; False when it was already deleted (still a success)."""
         check_type(resource_type)
         policy.require(principal, resource_type, DELETE)
-        current = await uow.resources.current(resource_type, resource_id, lock=True)
-        if current is None or not policy.may_read_row(principal, resource_type, current.owner_org):
-            raise not_found(resource_type, resource_id)
-        if current.deleted:
-            return False
-        now = datetime.now(UTC)
-        await uow.resources.write(
-            resource_type,
-            resource_id,
-            current.version_id + 1,
-            now,
-            None,
-            self.indexer.index({"resourceType": resource_type}),
-            method="DELETE",
-            owner_org=current.owner_org,
-            context=context,
-            existing_pk=current.pk,
-        )
-        uow.entities.append(f"{resource_type}/{resource_id}/_history/{current.version_id + 1}")
-        return True
+        for _ in range(WRITE_ATTEMPTS):
+            current = await uow.resources.current(
+                resource_type, resource_id, lock=uow.in_transaction
+            )
+            if current is None or not policy.may_read_row(
+                principal, resource_type, current.owner_org
+            ):
+                raise not_found(resource_type, resource_id)
+            if current.deleted:
+                return False
+            version = current.version_id + 1
+            pk = await uow.resources.write(
+                resource_type,
+                resource_id,
+                version,
+                datetime.now(UTC),
+                None,
+                IndexRows(),
+                method="DELETE",
+                owner_org=current.owner_org,
+                context=context,
+                existing_pk=current.pk,
+            )
+            if pk is not None:
+                uow.entities.append(f"{resource_type}/{resource_id}/_history/{version}")
+                return True
+        raise _write_conflict(resource_type, resource_id)
 
     async def _write(
         self,
@@ -295,7 +303,8 @@ class RecordService:
         method: str,
         owner: str | None,
         existing_pk: int | None = None,
-    ) -> StoredResource:
+    ) -> StoredResource | None:
+        """Store a new version; None if a concurrent writer changed the resource first."""
         now = datetime.now(UTC)
         meta = {
             k: v
@@ -309,7 +318,11 @@ class RecordService:
         }
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
         rows = self.indexer.index(body)
-        uow.references |= {r for r in rows.references() if r != (resource_type, resource_id)}
+        references = {r for r in rows.references() if r != (resource_type, resource_id)}
+        if uow.in_transaction:
+            uow.references |= references  # checked at commit: may be created later in a Bundle
+        else:
+            await uow.check_references(references)
         content = orjson.dumps(body).decode()
         pk = await uow.resources.write(
             resource_type,
@@ -323,6 +336,8 @@ class RecordService:
             context=context,
             existing_pk=existing_pk,
         )
+        if pk is None:
+            return None
         stored = StoredResource(pk, resource_type, resource_id, version, now, content, False, owner)
         self.note(uow, stored, body)
         return stored
@@ -572,6 +587,26 @@ class RecordService:
 def check_type(resource_type: str) -> None:
     if resource_type not in RESOURCE_TYPES:
         raise FhirError(404, "not-supported", f"resource type {resource_type!r} is not supported")
+
+
+def _check_if_match(
+    if_match: str, current: StoredResource | None, resource_type: str, resource_id: str
+) -> None:
+    expected = parse_etag(if_match)
+    if current is None or current.deleted or str(current.version_id) != expected:
+        have = "none" if current is None or current.deleted else current.version_id
+        raise FhirError(
+            412,
+            "conflict",
+            f"If-Match {if_match} does not match the current version ({have}) of "
+            f"{resource_type}/{resource_id}",
+        )
+
+
+def _write_conflict(resource_type: str, resource_id: str) -> FhirError:
+    return FhirError(
+        409, "conflict", f"{resource_type}/{resource_id} is being changed concurrently; retry"
+    )
 
 
 def parse_etag(value: str) -> str:

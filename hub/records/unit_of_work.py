@@ -1,5 +1,12 @@
-"""A unit of work: one connection, one transaction, the repositories on it, and what the
-transaction touched (for referential-integrity checks at commit and for the audit record)."""
+"""A unit of work: one connection, the repositories on it, and what the work touched (for
+referential-integrity checks and for the audit record).
+
+Work that must be atomic across statements (transactions, conditional writes) runs in a
+database transaction, and references written in it are checked at commit, so entries may refer
+to resources created later in the same Bundle. A plain create, update or delete needs no
+transaction: its write is a single statement, made safe against concurrent writers by an
+optimistic version check, which saves the BEGIN and COMMIT round trips.
+"""
 
 from __future__ import annotations
 
@@ -18,40 +25,47 @@ from hub.storage.resources import ResourceRepository
 class UnitOfWork:
     connection: asyncpg.Connection
     resources: ResourceRepository
+    in_transaction: bool = False
     references: set[tuple[str, str]] = field(default_factory=set)
     entities: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
 
-    async def check_references(self) -> None:
-        """Every local reference written in this transaction must name an existing resource."""
-        missing = await self.resources.missing_references(self.references)
+    async def check_references(self, references: set[tuple[str, str]] | None = None) -> None:
+        """Every local reference written must name an existing resource (422 otherwise).
+
+        Without an argument, checks the references collected during the transaction.
+        """
+        missing = await self.resources.missing_references(
+            self.references if references is None else references
+        )
         if missing:
             listed = ", ".join(sorted(f"{t}/{i}" for t, i in missing)[:10])
             raise FhirError(422, "not-found", f"references to unknown resources: {listed}")
 
 
 @contextlib.asynccontextmanager
-async def unit_of_work(database: Database, *, write: bool) -> AsyncIterator[UnitOfWork]:
-    """Commit on success (after the reference check), roll back on any exception.
+async def unit_of_work(database: Database, *, transaction: bool) -> AsyncIterator[UnitOfWork]:
+    """With ``transaction``, commit on success (after the reference check) and roll back on
+    any exception; without, every statement stands on its own.
 
     A value PostgreSQL refuses as data (a NUL character in a string, a number out of range)
     came from the request, so it is answered 400, not 500.
     """
     try:
         async with database.connection() as connection:
-            if not write:
+            if not transaction:
                 yield UnitOfWork(connection, ResourceRepository(connection))
                 return
-            transaction = connection.transaction()
-            await transaction.start()
-            uow = UnitOfWork(connection, ResourceRepository(connection))
+            database_transaction = connection.transaction()
+            await database_transaction.start()
+            uow = UnitOfWork(connection, ResourceRepository(connection), in_transaction=True)
             try:
                 yield uow
                 await uow.check_references()
             except BaseException:
-                await transaction.rollback()
+                await database_transaction.rollback()
                 raise
-            await transaction.commit()
+            await database_transaction.commit()
     except asyncpg.DataError as error:
         raise FhirError(
             400,

@@ -77,26 +77,30 @@ _VERSION_INSERT = """
 """
 
 _INDEX_DELETES = """
- d_token AS (DELETE FROM idx_token WHERE pk = $32),
- d_string AS (DELETE FROM idx_string WHERE pk = $32),
- d_date AS (DELETE FROM idx_date WHERE pk = $32),
- d_reference AS (DELETE FROM idx_reference WHERE pk = $32),
- d_quantity AS (DELETE FROM idx_quantity WHERE pk = $32),
- d_uri AS (DELETE FROM idx_uri WHERE pk = $32)
+ d_token AS (DELETE FROM idx_token WHERE pk IN (SELECT pk FROM w)),
+ d_string AS (DELETE FROM idx_string WHERE pk IN (SELECT pk FROM w)),
+ d_date AS (DELETE FROM idx_date WHERE pk IN (SELECT pk FROM w)),
+ d_reference AS (DELETE FROM idx_reference WHERE pk IN (SELECT pk FROM w)),
+ d_quantity AS (DELETE FROM idx_quantity WHERE pk IN (SELECT pk FROM w)),
+ d_uri AS (DELETE FROM idx_uri WHERE pk IN (SELECT pk FROM w))
 """
 
 # $1 type, $2 id, $3 version, $4 last_updated, $5 owner, $6 content, $7 method, $8 client,
-# $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32 pk (updates)
+# $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32 pk (updates).
+# An update applies only if the stored version is still the one before $3 (optimistic
+# concurrency): otherwise the statement changes nothing and returns no row.
 CREATE_SQL = f"""
 WITH w AS (INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted, owner_org, content)
-   VALUES ($1, $2, $3, $4, $31, $5, $6) RETURNING pk),
+   VALUES ($1, $2, $3, $4, $31, $5, $6)
+   ON CONFLICT (res_type, res_id) DO NOTHING RETURNING pk),
 {_VERSION_INSERT}, {_INDEX_INSERTS}
 SELECT pk FROM w
 """
 
 UPDATE_SQL = f"""
 WITH w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $31,
-   owner_org = $5, content = COALESCE($6, content) WHERE pk = $32 RETURNING pk),
+   owner_org = $5, content = COALESCE($6, content) WHERE pk = $32 AND version_id = $3 - 1
+   RETURNING pk),
 {_INDEX_DELETES}, {_VERSION_INSERT}, {_INDEX_INSERTS}
 SELECT pk FROM w
 """
@@ -199,11 +203,12 @@ class ResourceRepository:
         owner_org: str | None,
         context: WriteContext,
         existing_pk: int | None = None,
-    ) -> int:
+    ) -> int | None:
         """Write one version: resource row, version row and index rows in one statement.
 
-        ``existing_pk`` None creates the resource; otherwise the current row is replaced (its
-        lock must be held). ``content`` None records a deletion.
+        ``existing_pk`` None creates the resource; otherwise the current row is replaced if it
+        is still at ``version_id - 1``. ``content`` None records a deletion. Returns the pk,
+        or None when a concurrent writer got there first (the caller re-reads and retries).
         """
         deleted = content is None
         args = [
@@ -221,8 +226,10 @@ class ResourceRepository:
             deleted,
         ]
         if existing_pk is None:
-            return int(await self.connection.fetchval(CREATE_SQL, *args))
-        return int(await self.connection.fetchval(UPDATE_SQL, *args, existing_pk))
+            pk = await self.connection.fetchval(CREATE_SQL, *args)
+        else:
+            pk = await self.connection.fetchval(UPDATE_SQL, *args, existing_pk)
+        return None if pk is None else int(pk)
 
     async def advisory_lock(self, key: str) -> None:
         """Serialise concurrent conditional writes on the same criteria until commit."""
