@@ -32,7 +32,7 @@ def _unauthorized(message: str) -> FhirError:
     )
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
     """The principal of a bearer token: 401 when missing, malformed, forged, expired or revoked."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
