@@ -51,6 +51,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
+	$(VPY) -m mypy
 
 format: $(STAMP)
 	$(VPY) -m ruff format .

@@ -30,7 +30,8 @@ def version_headers(stored: StoredResource, base: str) -> dict[str, str]:
     return {
         "ETag": f'W/"{stored.version_id}"',
         "Last-Modified": stored.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-        "Location": f"{base}/{stored.resource_type}/{stored.resource_id}/_history/{stored.version_id}",
+        "Location": f"{base}/{stored.resource_type}/{stored.resource_id}"
+        f"/_history/{stored.version_id}",
     }
 
 

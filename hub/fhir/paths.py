@@ -85,7 +85,9 @@ def compile_expression(expression: str) -> CompiledPath:
 
 
 def _split_union(expression: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in expression:
         if char == "(":
             depth += 1
@@ -119,6 +121,7 @@ def _compile_term(term: str) -> PathTerm:
 def _children(node: Any, step: str, cast: str | None) -> Iterator[tuple[Any, str | None]]:
     if not isinstance(node, dict):
         return
+    found: list[tuple[Any, str | None]]
     if cast is not None:
         key = step + cast[0].upper() + cast[1:]
         found = [(node[key], cast)] if key in node else []

@@ -199,11 +199,11 @@ class SearchParser:
                 None,
                 [],
                 chain=chained[0],
-                chain_types=tuple(c.param.resource_type for c in chained),
+                chain_types=tuple(c.param.resource_type for c in chained if c is not None),
             )
-        if modifier and modifier not in MODIFIERS[param.type]:
-            if not (param.type == "reference" and modifier in param.targets):
-                raise bad_request(f"modifier :{modifier} is not supported on {code}")
+        type_modifier = param.type == "reference" and modifier in param.targets
+        if modifier and modifier not in MODIFIERS[param.type] and not type_modifier:
+            raise bad_request(f"modifier :{modifier} is not supported on {code}")
         if modifier == "missing":
             if value not in ("true", "false"):
                 raise bad_request(f"{key} must be true or false")
@@ -239,8 +239,8 @@ class SearchParser:
             prefix, rest = _prefix(text)
             number, _, unit = rest.partition("|")
             system, _, code = unit.partition("|")
-            low, high = _decimal_range(param.code, number)
-            return RangeValue(prefix, low, high, system or None, code or None)
+            lower, upper = _decimal_range(param.code, number)
+            return RangeValue(prefix, lower, upper, system or None, code or None)
         if kind == "reference":
             return self._reference(modifier, text)
         raise bad_request(f"search parameter type {kind} is not supported")

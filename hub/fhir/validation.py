@@ -111,7 +111,7 @@ def _fhirpath(resource_type: str, loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _message(detail: dict[str, Any]) -> str:
+def _message(detail: Any) -> str:
     if detail["type"] == "extra_forbidden":
         return "unknown element"
     if detail["type"] == "missing":

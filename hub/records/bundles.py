@@ -347,8 +347,8 @@ async def _entry(
     if len(path) == 1:
         from hub.api.fhir import search_bundle
 
-        result = await records.search(uow, principal, path[0], parse_qsl(parts.query), strict=False)
-        return {"resource": search_bundle(result, base, path[0]), "response": {"status": "200 OK"}}
+        found = await records.search(uow, principal, path[0], parse_qsl(parts.query), strict=False)
+        return {"resource": search_bundle(found, base, path[0]), "response": {"status": "200 OK"}}
     raise bad_request(f"unsupported GET url in Bundle: {url!r}")
 
 

@@ -557,7 +557,7 @@ class RecordService:
             for value, _ in path.evaluate(orjson.loads(stored.content)):
                 if isinstance(value, dict) and isinstance(value.get("reference"), str):
                     target_type, target_id, _ = split_reference(value["reference"])
-                    if target_type == "Patient":
+                    if target_type == "Patient" and target_id:
                         named.add(target_id)
         return bool(named) and patient_id not in named
 

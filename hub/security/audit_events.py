@@ -108,10 +108,11 @@ class AuditEventView:
             raise bad_request("AuditEvent results are always newest first; _sort is not supported")
         if request.cursor is not None:
             recorded, chain_id = request.cursor.values
-            where.append(
-                f"(recorded, chain_id, seq) < (CAST({sql.add(str(recorded))}::text AS timestamptz), "
-                f"{sql.add(str(chain_id))}, {sql.add(request.cursor.pk)}::bigint)"
+            position = (
+                f"CAST({sql.add(str(recorded))}::text AS timestamptz), "
+                f"{sql.add(str(chain_id))}, {sql.add(request.cursor.pk)}::bigint"
             )
+            where.append(f"(recorded, chain_id, seq) < ({position})")
         query = (
             f"SELECT * FROM audit_log WHERE {' AND '.join(where)} "
             f"ORDER BY recorded DESC, chain_id DESC, seq DESC LIMIT {sql.add(request.count + 1)}"
@@ -130,8 +131,8 @@ class AuditEventView:
     async def count(self, request: SearchRequest) -> int:
         sql = Sql()
         where = [self._criterion(sql, c) for c in request.criteria] or ["TRUE"]
-        return int(await self.connection.fetchval(
-            f"SELECT count(*) FROM audit_log WHERE {' AND '.join(where)}", *sql.params))  # fmt: skip
+        query = f"SELECT count(*) FROM audit_log WHERE {' AND '.join(where)}"
+        return int(await self.connection.fetchval(query, *sql.params))
 
     def _criterion(self, sql: Sql, criterion: Criterion) -> str:
         code = criterion.param.code

@@ -56,7 +56,8 @@ _INDEX_INSERTS = """
    SELECT w.pk, $1, u.p, u.s, u.c, u.d FROM w,
    unnest($11::text[], $12::text[], $13::text[], $14::text[]) AS u(p, s, c, d)),
  i_string AS (INSERT INTO idx_string (pk, res_type, param, value_norm, value)
-   SELECT w.pk, $1, u.p, u.n, u.v FROM w, unnest($15::text[], $16::text[], $17::text[]) AS u(p, n, v)),
+   SELECT w.pk, $1, u.p, u.n, u.v FROM w,
+   unnest($15::text[], $16::text[], $17::text[]) AS u(p, n, v)),
  i_date AS (INSERT INTO idx_date (pk, res_type, param, low, high)
    SELECT w.pk, $1, u.p, u.l, u.h FROM w,
    unnest($18::text[], $19::timestamptz[], $20::timestamptz[]) AS u(p, l, h)),
@@ -90,7 +91,8 @@ _INDEX_DELETES = """
 # An update applies only if the stored version is still the one before $3 (optimistic
 # concurrency): otherwise the statement changes nothing and returns no row.
 CREATE_SQL = f"""
-WITH w AS (INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted, owner_org, content)
+WITH w AS (INSERT INTO resource
+   (res_type, res_id, version_id, last_updated, deleted, owner_org, content)
    VALUES ($1, $2, $3, $4, $31, $5, $6)
    ON CONFLICT (res_type, res_id) DO NOTHING RETURNING pk),
 {_VERSION_INSERT}, {_INDEX_INSERTS}
@@ -239,7 +241,7 @@ class ResourceRepository:
 
     async def search(self, request: SearchRequest, access: AccessFilter) -> Page:
         sql = Sql()
-        where = self.compiler.where(sql, request) + [access.sql(sql, "r")]
+        where = [*self.compiler.where(sql, request), access.sql(sql, "r")]
         columns = self.compiler.sort_columns(sql, request.sort)
         named = [
             SortColumn(c.expression, c.descending, c.sql_type, alias=f"q.s{i}")
@@ -263,7 +265,8 @@ class ResourceRepository:
         order = ", ".join(
             f"{c.name} {'DESC' if c.descending != backward else 'ASC'}" for c in named
         )
-        query = f"SELECT * FROM ({inner}) q{conditions} ORDER BY {order} LIMIT {sql.add(request.count + 1)}"
+        limit = sql.add(request.count + 1)
+        query = f"SELECT * FROM ({inner}) q{conditions} ORDER BY {order} LIMIT {limit}"
         records = await self.connection.fetch(query, *sql.params)
         more = len(records) > request.count
         records = records[: request.count]
@@ -290,7 +293,7 @@ class ResourceRepository:
 
     async def count(self, request: SearchRequest, access: AccessFilter) -> int:
         sql = Sql()
-        where = self.compiler.where(sql, request) + [access.sql(sql, "r")]
+        where = [*self.compiler.where(sql, request), access.sql(sql, "r")]
         query = f"SELECT count(*) FROM resource r WHERE {' AND '.join(where)}"
         return int(await self.connection.fetchval(query, *sql.params))
 
@@ -334,7 +337,8 @@ class ResourceRepository:
         query = (
             f"SELECT {RESOURCE_COLUMNS} FROM resource s WHERE NOT s.deleted AND s.pk IN "
             f"(SELECT x.pk FROM idx_reference x JOIN unnest({sql.add(list(ids))}::text[], "
-            f"{sql.add(list(types))}::text[]) AS u(i, t) ON x.target_id = u.i AND x.target_type = u.t "
+            f"{sql.add(list(types))}::text[]) AS u(i, t) "
+            f"ON x.target_id = u.i AND x.target_type = u.t "
             f"WHERE x.res_type = {sql.add(source_type)} AND x.param = {sql.add(param)}) "
             f"AND {access.sql(sql, 's')} LIMIT {sql.add(limit)}"
         )

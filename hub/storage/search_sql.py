@@ -110,7 +110,8 @@ class SearchCompiler:
         return (
             f"{alias}.pk IN (SELECT x.pk FROM idx_reference x JOIN resource t "
             f"ON t.res_type = x.target_type AND t.res_id = x.target_id "
-            f"WHERE x.res_type = {sql.add(param.resource_type)} AND x.param = {sql.add(param.code)} "
+            f"WHERE x.res_type = {sql.add(param.resource_type)} "
+            f"AND x.param = {sql.add(param.code)} "
             f"AND x.target_type = ANY({sql.add(list(criterion.chain_types))}::text[]) "
             f"AND NOT t.deleted AND {inner})"
         )

@@ -92,7 +92,8 @@ CREATE INDEX idx_uri_pk ON idx_uri (pk);
 CREATE TABLE api_client (
     client_id     text PRIMARY KEY,
     name          text        NOT NULL,
-    kind          text        NOT NULL CHECK (kind IN ('hospital', 'doctor', 'consultant', 'admin')),
+    kind          text        NOT NULL
+                  CHECK (kind IN ('hospital', 'doctor', 'consultant', 'admin')),
     organization  text        NOT NULL,
     scopes        text        NOT NULL,
     secret_hash   text        NOT NULL,
