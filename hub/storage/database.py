@@ -76,4 +76,4 @@ class Database:
 
 async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
     raw = await conn.get_raw_connection()
-    return raw.driver_connection  # type: ignore[return-value]
+    return raw.driver_connection
