@@ -12,16 +12,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from hub.api.dependencies import Caller, audited, get_hub, write_context
-from hub.api.responses import bundle, entry, fhir_response, history_entry, version_headers
+from hub.api.responses import fhir_response, version_headers
 from hub.fhir import capability
 from hub.fhir.outcomes import FhirError, bad_request, information
 from hub.fhir.searchparams import RESOURCE_TYPES
 from hub.records import bundles
-from hub.records.service import SearchResult, check_type
+from hub.records.rendering import bundle, entry, history_entry, page_links, search_bundle
+from hub.records.service import check_type
 from hub.records.unit_of_work import unit_of_work
 from hub.runtime import Hub
 from hub.security.principals import Principal
-from hub.storage.resources import Page
 
 router = APIRouter(prefix="/fhir")
 
@@ -222,7 +222,7 @@ async def patient_everything(patient_id: str, request: Request, principal: Calle
             )
         audit.capture(uow)
     base = fhir_base(request)
-    links = _links(
+    links = page_links(
         f"{base}/Patient/{patient_id}/$everything",
         [(k, v) for k, v in query.items() if k != "_cursor"],
         page,
@@ -356,44 +356,6 @@ async def _search(
     )
 
 
-def search_bundle(result: SearchResult, base: str, resource_type: str) -> dict[str, Any]:
-    request = result.request
-    used = [(k, v) for k, v in request.used if k != "_cursor"]
-    links = _links(
-        f"{base}/{resource_type}",
-        used,
-        result.page,
-        self_cursor=request.cursor.encode() if request.cursor else None,
-    )
-    entries = [entry(s, base, "match", request.elements) for s in result.page.rows]
-    entries += [entry(s, base, "include", request.elements) for s in result.included]
-    if request.ignored:
-        entries.append(
-            {
-                "resource": information(
-                    "ignored unknown search parameters: " + ", ".join(sorted(set(request.ignored)))
-                ),
-                "search": {"mode": "outcome"},
-            }
-        )
-    return bundle("searchset", entries, links, result.total)
-
-
-def _links(
-    url: str, used: list[tuple[str, str]], page: Page, self_cursor: str | None = None
-) -> list[tuple[str, str]]:
-    def link(cursor: str | None) -> str:
-        params = used + ([("_cursor", cursor)] if cursor else [])
-        return f"{url}?{urlencode(params)}" if params else url
-
-    links = [("self", link(self_cursor))]
-    if page.next_cursor is not None:
-        links.append(("next", link(page.next_cursor.encode())))
-    if page.previous_cursor is not None:
-        links.append(("previous", link(page.previous_cursor.encode())))
-    return links
-
-
 async def _history(
     request: Request, principal: Principal, resource_type: str | None, resource_id: str | None
 ) -> Response:
@@ -415,7 +377,7 @@ async def _history(
     base = fhir_base(request)
     url = "/".join(p for p in (base, resource_type, resource_id, "_history") if p)
     used = [(k, v) for k, v in query.items() if k != "_cursor"]
-    links = _links(url, used, page, query.get("_cursor"))
+    links = page_links(url, used, page, query.get("_cursor"))
     return fhir_response(
         bundle("history", [history_entry(s, base) for s in page.rows], links),
         pretty=pretty(request),

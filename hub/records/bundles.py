@@ -12,14 +12,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from hub.api.responses import bundle
 from hub.fhir.indexing import split_reference
 from hub.fhir.outcomes import FhirError, bad_request
-from hub.records.unit_of_work import UnitOfWork, unit_of_work
+from hub.records.rendering import bundle, search_bundle
+from hub.records.unit_of_work import UnitOfWork, WorkRecorder, unit_of_work
 from hub.storage.resources import StoredResource, WriteContext
 
 if TYPE_CHECKING:
-    from hub.api.dependencies import AuditScope
     from hub.runtime import Hub
     from hub.security.principals import Principal
 
@@ -33,7 +32,7 @@ async def process(
     body: dict[str, Any],
     context: WriteContext,
     base: str,
-    audit: AuditScope,
+    audit: WorkRecorder,
 ) -> dict[str, Any]:
     entries = body.get("entry") or []
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
@@ -74,7 +73,7 @@ async def _transaction(
     entries: list[dict[str, Any]],
     context: WriteContext,
     base: str,
-    audit: AuditScope,
+    audit: WorkRecorder,
 ) -> dict[str, Any]:
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     responses: list[dict[str, Any] | None] = [None] * len(entries)
@@ -190,7 +189,7 @@ async def _batch(
     entries: list[dict[str, Any]],
     context: WriteContext,
     base: str,
-    audit: AuditScope,
+    audit: WorkRecorder,
 ) -> dict[str, Any]:
     responses = []
     for item in entries:
@@ -345,8 +344,6 @@ async def _entry(
         stored = await records.read(uow, principal, path[0], path[1])
         return {**_response(stored, base, 200), "resource": _resource(stored)}
     if len(path) == 1:
-        from hub.api.fhir import search_bundle
-
         found = await records.search(uow, principal, path[0], parse_qsl(parts.query), strict=False)
         return {"resource": search_bundle(found, base, path[0]), "response": {"status": "200 OK"}}
     raise bad_request(f"unsupported GET url in Bundle: {url!r}")

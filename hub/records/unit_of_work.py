@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
 
@@ -41,6 +42,12 @@ class UnitOfWork:
         if missing:
             listed = ", ".join(sorted(f"{t}/{i}" for t, i in missing)[:10])
             raise FhirError(422, "not-found", f"references to unknown resources: {listed}")
+
+
+class WorkRecorder(Protocol):
+    """Something that records what units of work touched (the request's audit scope)."""
+
+    def capture(self, uow: UnitOfWork) -> None: ...
 
 
 @contextlib.asynccontextmanager
