@@ -1,4 +1,9 @@
-"""The FastAPI application: routers, middleware, error handling and lifecycle."""
+"""The ASGI application: FHIR routes, the FastAPI app for the rest, errors and lifecycle.
+
+The FHIR API is a list of plain Starlette routes in front of the FastAPI application that
+serves auth, operations and the OpenAPI docs, so FHIR requests skip FastAPI's per-request
+machinery. Every error on any path is answered as a FHIR OperationOutcome.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import ASGIApp
 
 from hub import __version__
 from hub.api import auth, fhir, operations
@@ -22,14 +31,58 @@ from hub.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
+async def _fhir_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, FhirError)
+    return fhir_response(error.outcome(), error.status, error.headers)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    code = {404: "not-found", 405: "not-supported"}.get(error.status_code, "processing")
+    message = "no such endpoint" if error.status_code == 404 else str(error.detail)
+    return fhir_response(FhirError(error.status_code, code, message).outcome(), error.status_code)
+
+
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    return fhir_response(FhirError(400, "invalid", "malformed request").outcome(), 400)
+
+
+async def _unexpected(request: Request, error: Exception) -> Response:
+    log.exception(
+        "unhandled error (request %s)", request.scope.get("state", {}).get("request_id", "?")
+    )
+    outcome = FhirError(
+        500, "exception", "internal error; the request id identifies it in the server log"
+    ).outcome()
+    return fhir_response(outcome, 500)
+
+
+HANDLERS = {
+    FhirError: _fhir_error,
+    HTTPException: _http_error,
+    RequestValidationError: _invalid_request,
+    Exception: _unexpected,
+}
+
+
+def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     """Build the app. The hub (database, keys, audit chain) starts with the app's lifespan."""
+    api = FastAPI(
+        title="Yijian Hub (医检互认平台)",
+        version=__version__,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+    )
+    api.include_router(auth.router)
+    api.include_router(operations.router)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = hub or Hub.build(settings)
         await runtime.start()
-        app.state.hub = runtime
+        app.state.hub = api.state.hub = runtime
         log.info("hub started")
         try:
             yield
@@ -37,40 +90,9 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
             await runtime.stop()  # in-flight requests have finished: graceful
             log.info("hub stopped")
 
-    app = FastAPI(
-        title="Yijian Hub (医检互认平台)",
-        version=__version__,
+    app = Starlette(
+        routes=[*fhir.routes, Mount("/", app=api)],
+        exception_handlers=HANDLERS,
         lifespan=lifespan,
-        docs_url="/api/docs",
-        redoc_url=None,
-        openapi_url="/api/openapi.json",
     )
-    app.include_router(fhir.router)
-    app.include_router(auth.router)
-    app.include_router(operations.router)
-
-    @app.exception_handler(FhirError)
-    async def fhir_error(request: Request, error: FhirError) -> Response:
-        return fhir_response(error.outcome(), error.status, error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        return fhir_response(FhirError(400, "invalid", "malformed request").outcome(), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        code = {404: "not-found", 405: "not-supported"}.get(error.status_code, "processing")
-        message = "no such endpoint" if error.status_code == 404 else str(error.detail)
-        return fhir_response(
-            FhirError(error.status_code, code, message).outcome(), error.status_code
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> Response:
-        log.exception("unhandled error (request %s)", getattr(request.state, "request_id", "?"))
-        outcome = FhirError(
-            500, "exception", "internal error; the request id identifies it in the server log"
-        ).outcome()
-        return fhir_response(outcome, 500)
-
-    return ObservabilityMiddleware(app, settings.max_body_bytes)  # type: ignore[return-value]
+    return ObservabilityMiddleware(app, settings.max_body_bytes)
