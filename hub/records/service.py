@@ -22,7 +22,7 @@ from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
 from hub.fhir.search import Cursor, SearchParser, SearchRequest
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
-from hub.records.unit_of_work import UnitOfWork
+from hub.records.unit_of_work import UnitOfWork, unknown_references
 from hub.security import policy
 from hub.security.audit_events import AuditEventView
 from hub.security.principals import Principal
@@ -274,7 +274,7 @@ class RecordService:
             if current.deleted:
                 return False
             version = current.version_id + 1
-            pk = await uow.resources.write(
+            written = await uow.resources.write(
                 resource_type,
                 resource_id,
                 version,
@@ -286,7 +286,7 @@ class RecordService:
                 context=context,
                 existing_pk=current.pk,
             )
-            if pk is not None:
+            if written.pk is not None:
                 uow.entities.append(f"{resource_type}/{resource_id}/_history/{version}")
                 return True
         raise _write_conflict(resource_type, resource_id)
@@ -319,12 +319,11 @@ class RecordService:
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
         rows = self.indexer.index(body)
         references = {r for r in rows.references() if r != (resource_type, resource_id)}
-        if uow.in_transaction:
-            uow.references |= references  # checked at commit: may be created later in a Bundle
-        else:
-            await uow.check_references(references)
+        if uow.in_transaction:  # checked at commit: they may be created later in the Bundle
+            uow.references |= references
+            references = set()
         content = orjson.dumps(body).decode()
-        pk = await uow.resources.write(
+        written = await uow.resources.write(
             resource_type,
             resource_id,
             version,
@@ -335,9 +334,13 @@ class RecordService:
             owner_org=owner,
             context=context,
             existing_pk=existing_pk,
+            required=references,
         )
-        if pk is None:
+        if written.missing:
+            raise unknown_references(written.missing)
+        if written.pk is None:
             return None
+        pk = written.pk
         stored = StoredResource(pk, resource_type, resource_id, version, now, content, False, owner)
         self.note(uow, stored, body)
         return stored

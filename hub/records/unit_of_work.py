@@ -31,17 +31,16 @@ class UnitOfWork:
     entities: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
 
-    async def check_references(self, references: set[tuple[str, str]] | None = None) -> None:
-        """Every local reference written must name an existing resource (422 otherwise).
-
-        Without an argument, checks the references collected during the transaction.
-        """
-        missing = await self.resources.missing_references(
-            self.references if references is None else references
-        )
+    async def check_references(self) -> None:
+        """Every local reference written in this transaction must name an existing resource."""
+        missing = await self.resources.missing_references(self.references)
         if missing:
-            listed = ", ".join(sorted(f"{t}/{i}" for t, i in missing)[:10])
-            raise FhirError(422, "not-found", f"references to unknown resources: {listed}")
+            raise unknown_references(sorted(f"{t}/{i}" for t, i in missing))
+
+
+def unknown_references(references: list[str]) -> FhirError:
+    listed = ", ".join(references[:10])
+    return FhirError(422, "not-found", f"references to unknown resources: {listed}")
 
 
 class WorkRecorder(Protocol):

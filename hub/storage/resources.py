@@ -42,6 +42,14 @@ class WriteContext:
     request_id: str | None
 
 
+@dataclass(frozen=True)
+class WriteResult:
+    """The pk written, or None: a missing required reference, or a concurrent writer won."""
+
+    pk: int | None
+    missing: list[str]
+
+
 @dataclass
 class Page:
     """A page of search results with the keyset positions of its neighbours."""
@@ -87,24 +95,35 @@ _INDEX_DELETES = """
 """
 
 # $1 type, $2 id, $3 version, $4 last_updated, $5 owner, $6 content, $7 method, $8 client,
-# $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32 pk (updates).
-# An update applies only if the stored version is still the one before $3 (optimistic
-# concurrency): otherwise the statement changes nothing and returns no row.
+# $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32/$33 types/ids of the local
+# references that must exist, $34 pk (updates).
+# Nothing is written when a required reference is missing (the statement returns which), nor,
+# for an update, unless the stored version is still the one before $3 (optimistic concurrency).
+_MISSING = """
+ missing AS (SELECT u.t || '/' || u.i AS ref FROM unnest($32::text[], $33::text[]) AS u(t, i)
+   WHERE NOT EXISTS (SELECT 1 FROM resource x
+                     WHERE x.res_type = u.t AND x.res_id = u.i AND NOT x.deleted))
+"""
+_RESULT = "SELECT (SELECT pk FROM w) AS pk, ARRAY(SELECT ref FROM missing) AS missing"
+
 CREATE_SQL = f"""
-WITH w AS (INSERT INTO resource
+WITH {_MISSING},
+ w AS (INSERT INTO resource
    (res_type, res_id, version_id, last_updated, deleted, owner_org, content)
-   VALUES ($1, $2, $3, $4, $31, $5, $6)
+   SELECT $1, $2, $3, $4, $31, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM missing)
    ON CONFLICT (res_type, res_id) DO NOTHING RETURNING pk),
 {_VERSION_INSERT}, {_INDEX_INSERTS}
-SELECT pk FROM w
+{_RESULT}
 """
 
 UPDATE_SQL = f"""
-WITH w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $31,
-   owner_org = $5, content = COALESCE($6, content) WHERE pk = $32 AND version_id = $3 - 1
+WITH {_MISSING},
+ w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $31,
+   owner_org = $5, content = COALESCE($6, content)
+   WHERE pk = $34 AND version_id = $3 - 1 AND NOT EXISTS (SELECT 1 FROM missing)
    RETURNING pk),
 {_INDEX_DELETES}, {_VERSION_INSERT}, {_INDEX_INSERTS}
-SELECT pk FROM w
+{_RESULT}
 """
 
 _READ = "SELECT pk, version_id, last_updated, deleted, owner_org, content FROM resource"
@@ -205,14 +224,16 @@ class ResourceRepository:
         owner_org: str | None,
         context: WriteContext,
         existing_pk: int | None = None,
-    ) -> int | None:
+        required: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+    ) -> WriteResult:
         """Write one version: resource row, version row and index rows in one statement.
 
         ``existing_pk`` None creates the resource; otherwise the current row is replaced if it
-        is still at ``version_id - 1``. ``content`` None records a deletion. Returns the pk,
-        or None when a concurrent writer got there first (the caller re-reads and retries).
+        is still at ``version_id - 1``. ``content`` None records a deletion. ``required`` are
+        local references that must exist: if any does not, nothing is written.
         """
-        deleted = content is None
+        types = [t for t, _ in required]
+        ids = [i for _, i in required]
         args = [
             resource_type,
             resource_id,
@@ -225,13 +246,15 @@ class ResourceRepository:
             context.organization,
             context.request_id,
             *_index_arrays(rows),
-            deleted,
+            content is None,
+            types,
+            ids,
         ]
         if existing_pk is None:
-            pk = await self.connection.fetchval(CREATE_SQL, *args)
+            row = await self.connection.fetchrow(CREATE_SQL, *args)
         else:
-            pk = await self.connection.fetchval(UPDATE_SQL, *args, existing_pk)
-        return None if pk is None else int(pk)
+            row = await self.connection.fetchrow(UPDATE_SQL, *args, existing_pk)
+        return WriteResult(row["pk"], sorted(row["missing"]))
 
     async def advisory_lock(self, key: str) -> None:
         """Serialise concurrent conditional writes on the same criteria until commit."""
