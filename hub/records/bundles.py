@@ -3,7 +3,8 @@
 A transaction runs in one unit of work: entries are processed in the order FHIR prescribes
 (DELETE, POST, PUT, GET), ``urn:uuid`` full URLs are resolved to the ids the hub assigns
 (or to the resource a conditional create matched) and rewritten wherever they are referenced,
-and any failure rolls the whole transaction back. A batch runs each entry on its own savepoint.
+and any failure rolls the whole transaction back. A batch runs each entry in a transaction
+of its own and reports each outcome.
 """
 
 from __future__ import annotations
