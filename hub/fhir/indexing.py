@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hub.fhir.datetimes import DateFormatError, parse_range
+from hub.fhir.paths import element_roots
 from hub.fhir.searchparams import SearchParam, SearchParamRegistry
 
 MAX_STRING = 512
@@ -58,8 +59,11 @@ class Indexer:
 
     def index(self, resource: dict[str, Any]) -> IndexRows:
         rows = IndexRows()
+        roots = element_roots(resource)  # most parameters' elements are absent: skip them fast
         for param in self.registry.indexed_for_type(resource["resourceType"]):
             assert param.path is not None
+            if not param.path.may_match(roots):
+                continue
             for value, fhir_type in param.path.evaluate(resource):
                 self._add(rows, param, value, fhir_type)
         return rows

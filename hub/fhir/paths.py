@@ -75,6 +75,22 @@ class CompiledPath:
         for term in self.terms:
             yield from term.evaluate(resource)
 
+    def may_match(self, roots: set[str]) -> bool:
+        """False when no term's first element is among a resource's ``element_roots``."""
+        return any(term.steps[0] in roots for term in self.terms)
+
+
+def element_roots(node: dict[str, Any]) -> set[str]:
+    """The element names of a JSON object, choice suffixes removed (valueQuantity → value)."""
+    roots = set()
+    for key in node:
+        for index, char in enumerate(key):
+            if char.isupper():
+                roots.add(key[:index])
+                break
+        roots.add(key)
+    return roots
+
 
 def compile_expression(expression: str) -> CompiledPath:
     """Compile a FHIRPath expression of the supported subset."""
