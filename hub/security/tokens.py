@@ -12,6 +12,7 @@ from hub.security.keys import ALGORITHM, KeyRing
 from hub.security.principals import ClientKind, Principal
 
 _CACHE_SIZE = 10_000
+KEY_RELOAD_SECONDS = 5.0
 
 
 class InvalidToken(Exception):
@@ -26,6 +27,15 @@ class TokenService:
         self.issuer = issuer
         self.lifetime = lifetime
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._last_reload = float("-inf")
+
+    def _may_reload(self) -> bool:
+        """Re-read the key directory at most every few seconds (forged kids are cheap)."""
+        now = time.monotonic()
+        if now - self._last_reload < KEY_RELOAD_SECONDS:
+            return False
+        self._last_reload = now
+        return True
 
     def issue(self, principal: Principal) -> tuple[str, int]:
         now = int(time.time())
@@ -56,6 +66,10 @@ class TokenService:
         try:
             header = jwt.get_unverified_header(token)
             public_key = self.keyring.public_key(str(header.get("kid")))
+            if public_key is None and self._may_reload():
+                # a key rotated in by `yijian keys rotate` or by another host's process
+                self.keyring.reload()
+                public_key = self.keyring.public_key(str(header.get("kid")))
             if public_key is None:
                 raise InvalidToken("the access token was not signed by this hub")
             claims = jwt.decode(
