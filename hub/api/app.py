@@ -21,7 +21,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from hub import __version__
-from hub.api import auth, fhir, operations
+from hub.api import admin, auth, fhir, operations
 from hub.api.middleware import ObservabilityMiddleware
 from hub.api.responses import fhir_response
 from hub.fhir.outcomes import FhirError
@@ -77,6 +77,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     )
     api.include_router(auth.router)
     api.include_router(operations.router)
+    api.include_router(admin.router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
