@@ -32,6 +32,14 @@ TABLES = {
     "quantity": "idx_quantity",
     "uri": "idx_uri",
 }
+# index column to sort on, and the lowest and highest values (for resources lacking one)
+SORT_COLUMNS = {
+    "date": ("low", "'-infinity'::timestamptz", "'infinity'::timestamptz"),
+    "string": ("value_norm", "''", "chr(1114111)"),
+    "token": ("code", "''", "chr(1114111)"),
+    "uri": ("uri", "''", "chr(1114111)"),
+    "quantity": ("value", "'-infinity'::numeric", "'infinity'::numeric"),
+}
 RESOURCE_COLUMNS = "pk, res_type, res_id, version_id, last_updated, content"
 
 
@@ -189,33 +197,12 @@ class SearchCompiler:
         if param.column is not None:
             return f"{alias}.{param.column}"
         table = TABLES[param.type]
-        column, aggregate, missing = {
-            "date": (
-                "high" if key.descending else "low",
-                "max" if key.descending else "min",
-                "'-infinity'::timestamptz" if key.descending else "'infinity'::timestamptz",
-            ),
-            "string": (
-                "value_norm",
-                "max" if key.descending else "min",
-                "''" if key.descending else "chr(1114111)",
-            ),
-            "token": (
-                "code",
-                "max" if key.descending else "min",
-                "''" if key.descending else "chr(1114111)",
-            ),
-            "uri": (
-                "uri",
-                "max" if key.descending else "min",
-                "''" if key.descending else "chr(1114111)",
-            ),
-            "quantity": (
-                "value",
-                "max" if key.descending else "min",
-                "'-infinity'::numeric" if key.descending else "'infinity'::numeric",
-            ),
-        }[param.type]
+        column, lowest, highest = SORT_COLUMNS[param.type]
+        # A resource's sort value is its smallest value ascending, its largest descending;
+        # resources without one sort last either way.
+        aggregate, missing = ("max", lowest) if key.descending else ("min", highest)
+        if param.type == "date":
+            column = "high" if key.descending else "low"
         return (
             f"COALESCE((SELECT {aggregate}(s.{column}) FROM {table} s WHERE s.pk = {alias}.pk "
             f"AND s.param = {sql.add(param.code)}), {missing})"
