@@ -70,13 +70,9 @@ def serve(host: str | None, port: int | None, workers: int, migrate: bool) -> No
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
-    # that was in place before it; with the default one the process would die by the signal
-    # (status -15, or "Aborted!") after a clean shutdown. A completed shutdown exits 0.
-    import signal
+    from hub.lifecycle import exit_cleanly_after_shutdown
 
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda *_: sys.exit(0))
+    exit_cleanly_after_shutdown()
     uvicorn.run(
         "hub.api.asgi:create",
         factory=True,

@@ -19,6 +19,7 @@ import uvicorn
 
 from hub import logs
 from hub.api.app import create_app
+from hub.lifecycle import exit_cleanly_after_shutdown
 from hub.settings import load_settings
 from hub.storage.database import resolve_database_url
 from hub.storage.migrate import upgrade
@@ -62,6 +63,7 @@ def run_demo(host: str, port: int) -> None:
     url = resolve_database_url(load_settings())
     os.environ["YIJIAN_DATABASE_URL"] = url
     upgrade(url)
+    exit_cleanly_after_shutdown()  # so the embedded PostgreSQL is stopped on Ctrl-C/SIGTERM
     asyncio.run(_demo(host, port, url))
 
 
