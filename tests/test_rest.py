@@ -187,3 +187,10 @@ def test_concurrent_if_match_lets_exactly_one_writer_win(
         statuses = list(pool.map(put, range(6)))
     assert statuses.count(200) == 1
     assert statuses.count(412) == 5
+
+
+def test_read_with_if_none_match_returns_304(hospital_a: Client) -> None:
+    """Conditional read (not-match): the current ETag gives 304 Not Modified, an old one 200."""
+    pid = hospital_a.post("/Patient", json=patient(hospital_a.organization)).json()["id"]
+    assert hospital_a.get(f"/Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert hospital_a.get(f"/Patient/{pid}", headers={"If-None-Match": 'W/"0"'}).status_code == 200
