@@ -35,18 +35,28 @@ class DemoHospital:
 
 
 HOSPITALS = (
-    DemoHospital("DEMO-H1", "演示市第一人民医院 (Demo City No.1 People's Hospital)", (
-        ("A1001", "王", "芳", "female", "1986-03-14"),
-        ("A1002", "李", "建国", "male", "1958-10-01"),
-    )),
-    DemoHospital("DEMO-H2", "演示大学附属第二医院 (Demo University Second Hospital)", (
-        ("B2001", "王", "芳", "female", "1986-03-14"),
-        ("B2002", "陈", "晓明", "male", "1992-07-22"),
-    )),
-    DemoHospital("DEMO-H3", "演示县人民医院 (Demo County People's Hospital)", (
-        ("C3001", "赵", "丽", "female", "1975-12-05"),
-    )),
-)  # fmt: skip
+    DemoHospital(
+        "DEMO-H1",
+        "演示市第一人民医院 (Demo City No.1 People's Hospital)",
+        (
+            ("A1001", "王", "芳", "female", "1986-03-14"),
+            ("A1002", "李", "建国", "male", "1958-10-01"),
+        ),
+    ),
+    DemoHospital(
+        "DEMO-H2",
+        "演示大学附属第二医院 (Demo University Second Hospital)",
+        (
+            ("B2001", "王", "芳", "female", "1986-03-14"),
+            ("B2002", "陈", "晓明", "male", "1992-07-22"),
+        ),
+    ),
+    DemoHospital(
+        "DEMO-H3",
+        "演示县人民医院 (Demo County People's Hospital)",
+        (("C3001", "赵", "丽", "female", "1975-12-05"),),
+    ),
+)
 
 # LOINC code, name, value, unit, low, high
 LAB_PANEL = (

@@ -254,10 +254,17 @@ def _auth(token: str) -> dict[str, str]:
 def test_revoked_client_loses_access_within_seconds(hub: HubUnderTest) -> None:
     record = json.loads(
         hub.cli(
-            "clients", "add", "--kind", "hospital", "--organization", hub.org_a,
-            "--name", f"revoke-me-{unique()}", "--json",
+            "clients",
+            "add",
+            "--kind",
+            "hospital",
+            "--organization",
+            hub.org_a,
+            "--name",
+            f"revoke-me-{unique()}",
+            "--json",
         ).stdout
-    )  # fmt: skip
+    )
     token = hub.token(record["client_id"], record["client_secret"]).json()["access_token"]
     with _bearer(hub, token) as http:
         assert http.get("/Patient", params={"_count": 1}).status_code == 200
@@ -306,15 +313,31 @@ def test_secrets_are_stored_only_as_scrypt_hashes(hub: HubUnderTest) -> None:
 
 def test_cli_rejects_unknown_organization_and_bad_scope(hub: HubUnderTest) -> None:
     missing = hub.cli(
-        "clients", "add", "--kind", "doctor", "--organization", "no-such-org", "--name", "x",
+        "clients",
+        "add",
+        "--kind",
+        "doctor",
+        "--organization",
+        "no-such-org",
+        "--name",
+        "x",
         check=False,
-    )  # fmt: skip
+    )
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr
     bad = hub.cli(
-        "clients", "add", "--kind", "doctor", "--organization", hub.org_a, "--name", "x",
-        "--scope", "everything please", check=False,
-    )  # fmt: skip
+        "clients",
+        "add",
+        "--kind",
+        "doctor",
+        "--organization",
+        hub.org_a,
+        "--name",
+        "x",
+        "--scope",
+        "everything please",
+        check=False,
+    )
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr
 
@@ -361,9 +384,11 @@ def test_hospital_cannot_touch_another_hospitals_records(
     assert hospital_a.get(f"/Observation/{oid_a}").status_code == 200  # reads what it wrote
 
     theirs = hospital_b.get(f"/Observation/{oid_b}").json()
-    overwrite = {**theirs, "status": "cancelled", "performer": [
-        {"reference": f"Organization/{hospital_a.organization}"}
-    ]}  # fmt: skip
+    overwrite = {
+        **theirs,
+        "status": "cancelled",
+        "performer": [{"reference": f"Organization/{hospital_a.organization}"}],
+    }
     assert hospital_a.put(f"/Observation/{oid_b}", json=overwrite).status_code in (403, 404)
     assert hospital_a.delete(f"/Observation/{oid_b}").status_code in (403, 404)
     after = hospital_b.get(f"/Observation/{oid_b}")

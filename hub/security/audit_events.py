@@ -34,24 +34,39 @@ def render(row: asyncpg.Record) -> dict[str, Any]:
     recorded = instant(row["recorded"])
     agents: list[dict[str, Any]] = [
         {
-            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
-                                 "code": "110153", "display": "Source Role ID"}]},
-            "who": {"identifier": {"system": CLIENT_SYSTEM, "value": row["client_id"] or "-"},
-                    "display": f"{row['client_kind'] or 'anonymous'} client"},
+            "type": {
+                "coding": [
+                    {
+                        "system": "http://dicom.nema.org/resources/ontology/DCM",
+                        "code": "110153",
+                        "display": "Source Role ID",
+                    }
+                ]
+            },
+            "who": {
+                "identifier": {"system": CLIENT_SYSTEM, "value": row["client_id"] or "-"},
+                "display": f"{row['client_kind'] or 'anonymous'} client",
+            },
             "altId": row["client_id"],
             "requestor": True,
             "network": {"address": row["source_ip"] or "unknown", "type": "2"},
         }
-    ]  # fmt: skip
+    ]
     if row["organization"]:
-        agents.append({"who": {"reference": f"Organization/{row['organization']}"},
-                       "requestor": False})  # fmt: skip
+        agents.append(
+            {"who": {"reference": f"Organization/{row['organization']}"}, "requestor": False}
+        )
     entities: list[dict[str, Any]] = [
-        {"what": {"reference": p},
-         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
-                  "display": "Patient"}}
+        {
+            "what": {"reference": p},
+            "role": {
+                "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                "code": "1",
+                "display": "Patient",
+            },
+        }
         for p in row["patients"]
-    ]  # fmt: skip
+    ]
     entities += [{"what": {"reference": e}} for e in row["entities"]]
     if row["query"]:
         entities.append({"query": base64.b64encode(row["query"].encode()).decode()})
@@ -59,22 +74,36 @@ def render(row: asyncpg.Record) -> dict[str, Any]:
         "resourceType": "AuditEvent",
         "id": audit_event_id(row["chain_id"], row["seq"]),
         "meta": {"versionId": "1", "lastUpdated": recorded},
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                 "code": "rest", "display": "RESTful Operation"},
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "RESTful Operation",
+        },
         "subtype": [{"system": INTERACTION_SYSTEM, "code": row["interaction"]}],
         "action": row["action"],
         "recorded": recorded,
         "outcome": row["outcome"],
         "agent": agents,
-        "source": {"observer": {"display": "Yijian Hub"},
-                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                             "code": "4", "display": "Application Server"}]},
-    }  # fmt: skip
+        "source": {
+            "observer": {"display": "Yijian Hub"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+    }
     if row["detail"]:
         event["outcomeDesc"] = row["detail"]
     if row["request_id"]:
-        event["extension"] = [{"url": "https://yijian.example/fhir/StructureDefinition/request-id",
-                               "valueString": row["request_id"]}]  # fmt: skip
+        event["extension"] = [
+            {
+                "url": "https://yijian.example/fhir/StructureDefinition/request-id",
+                "valueString": row["request_id"],
+            }
+        ]
     if entities:
         event["entity"] = entities
     return event
@@ -82,8 +111,14 @@ def render(row: asyncpg.Record) -> dict[str, Any]:
 
 def _stored(row: asyncpg.Record) -> StoredResource:
     content = orjson.dumps(render(row)).decode()
-    return StoredResource(row["seq"], "AuditEvent", audit_event_id(row["chain_id"], row["seq"]),
-                          1, row["recorded"], content)  # fmt: skip
+    return StoredResource(
+        row["seq"],
+        "AuditEvent",
+        audit_event_id(row["chain_id"], row["seq"]),
+        1,
+        row["recorded"],
+        content,
+    )
 
 
 class AuditEventView:
@@ -137,8 +172,11 @@ class AuditEventView:
     def _criterion(self, sql: Sql, criterion: Criterion) -> str:
         code = criterion.param.code
         if code not in SUPPORTED or criterion.chain is not None or criterion.modifier:
-            raise bad_request(f"AuditEvent search supports {', '.join(sorted(SUPPORTED))} "
-                              "without modifiers or chains", code="not-supported")  # fmt: skip
+            raise bad_request(
+                f"AuditEvent search supports {', '.join(sorted(SUPPORTED))} "
+                "without modifiers or chains",
+                code="not-supported",
+            )
         parts = [self._value(sql, code, v) for v in criterion.values]
         return "(" + " OR ".join(parts) + ")"
 
@@ -167,7 +205,12 @@ class AuditEventView:
             if value.resource_type == "Organization":
                 return f"organization = {sql.add(value.resource_id)}"
             return f"client_id = {sql.add(value.resource_id)}"
-        column = {"altid": "client_id", "action": "action", "outcome": "outcome",
-                  "subtype": "interaction", "address": "source_ip"}[code]  # fmt: skip
+        column = {
+            "altid": "client_id",
+            "action": "action",
+            "outcome": "outcome",
+            "subtype": "interaction",
+            "address": "source_ip",
+        }[code]
         text = value.code if isinstance(value, TokenValue) else str(value)
         return f"{column} = {sql.add(text)}"
