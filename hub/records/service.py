@@ -17,7 +17,7 @@ import orjson
 import fhir_profiles
 from hub.fhir import validation
 from hub.fhir.datetimes import instant
-from hub.fhir.indexing import Indexer, IndexRows, split_reference
+from hub.fhir.indexing import Indexer, split_reference
 from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
 from hub.fhir.search import Cursor, SearchParser, SearchRequest
@@ -190,6 +190,14 @@ class RecordService:
                 f"the resource id ({resource.get('id')!r}) must match the URL ({resource_id!r})"
             )
         validation.validate(resource, resource_type)
+        if if_match is not None:
+            # The expected version is known: write without reading first. If nothing was
+            # written, the general path below finds out why (412, 403 or 404).
+            stored = await self._update_expected_version(
+                uow, principal, resource, parse_etag(if_match), context
+            )
+            if stored is not None:
+                return WriteOutcome(stored, created=False)
         for _ in range(WRITE_ATTEMPTS):
             current = await uow.resources.current(
                 resource_type, resource_id, lock=uow.in_transaction
@@ -214,13 +222,41 @@ class RecordService:
                 context,
                 method="PUT",
                 owner=owner,
-                existing_pk=current.pk if current else None,
+                replace=current is not None,
             )
             if stored is not None:
                 return WriteOutcome(stored, created=not exists)
             # another writer changed it between our read and write: read again (If-Match, if
             # given, will now fail with 412)
         raise _write_conflict(resource_type, resource_id)
+
+    async def _update_expected_version(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        resource: dict[str, Any],
+        expected: str,
+        context: WriteContext,
+    ) -> StoredResource | None:
+        resource_type, resource_id = resource["resourceType"], resource["id"]
+        if not expected.isdigit():
+            return None
+        policy.require(principal, resource_type, UPDATE)
+        required_owner = policy.required_owner(principal, resource_type)
+        owner = policy.owner_for_write(principal, resource, required_owner, exists=True)
+        return await self._write(
+            uow,
+            resource_type,
+            resource_id,
+            int(expected) + 1,
+            resource,
+            context,
+            method="PUT",
+            owner=owner,
+            replace=True,
+            required_owner=required_owner,
+            live_only=True,
+        )
 
     async def conditional_update(
         self,
@@ -263,32 +299,22 @@ class RecordService:
         """Delete; False when it was already deleted (still a success)."""
         check_type(resource_type)
         policy.require(principal, resource_type, DELETE)
-        for _ in range(WRITE_ATTEMPTS):
-            current = await uow.resources.current(
-                resource_type, resource_id, lock=uow.in_transaction
-            )
-            if current is None or not policy.may_read_row(
-                principal, resource_type, current.owner_org
-            ):
-                raise not_found(resource_type, resource_id)
-            if current.deleted:
-                return False
-            version = current.version_id + 1
-            written = await uow.resources.write(
-                resource_type,
-                resource_id,
-                version,
-                datetime.now(UTC),
-                None,
-                IndexRows(),
-                method="DELETE",
-                owner_org=current.owner_org,
-                context=context,
-                existing_pk=current.pk,
-            )
-            if written.pk is not None:
-                uow.entities.append(f"{resource_type}/{resource_id}/_history/{version}")
-                return True
+        version = await uow.resources.delete(
+            resource_type,
+            resource_id,
+            datetime.now(UTC),
+            context,
+            policy.required_owner(principal, resource_type),
+        )
+        if version is not None:
+            uow.entities.append(f"{resource_type}/{resource_id}/_history/{version}")
+            return True
+        # Nothing deleted: say why.
+        current = await uow.resources.current(resource_type, resource_id)
+        if current is None or not policy.may_read_row(principal, resource_type, current.owner_org):
+            raise not_found(resource_type, resource_id)
+        if current.deleted:
+            return False
         raise _write_conflict(resource_type, resource_id)
 
     async def _write(
@@ -302,7 +328,9 @@ class RecordService:
         *,
         method: str,
         owner: str | None,
-        existing_pk: int | None = None,
+        replace: bool = False,
+        required_owner: str | None = None,
+        live_only: bool = False,
     ) -> StoredResource | None:
         """Store a new version; None if a concurrent writer changed the resource first."""
         now = datetime.now(UTC)
@@ -333,8 +361,10 @@ class RecordService:
             method=method,
             owner_org=owner,
             context=context,
-            existing_pk=existing_pk,
+            replace=replace,
             required=references,
+            required_owner=required_owner,
+            live_only=live_only,
         )
         if written.missing:
             raise unknown_references(written.missing)

@@ -110,6 +110,11 @@ def read_filter(principal: Principal) -> AccessFilter:
     )
 
 
+def required_owner(principal: Principal, resource_type: str) -> str | None:
+    """The organization whose rows alone this principal may touch, for owned-only types."""
+    return principal.organization if resource_type in rules(principal).owned_only else None
+
+
 def may_read_row(principal: Principal, resource_type: str, owner_org: str | None) -> bool:
     kind_rules = rules(principal)
     if resource_type in kind_rules.owned_only:

@@ -96,7 +96,8 @@ _INDEX_DELETES = """
 
 # $1 type, $2 id, $3 version, $4 last_updated, $5 owner, $6 content, $7 method, $8 client,
 # $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32/$33 types/ids of the local
-# references that must exist, $34 pk (updates).
+# references that must exist; for updates $34 the owner the row must have (or NULL) and $35
+# whether a deleted row must not be revived.
 # Nothing is written when a required reference is missing (the statement returns which), nor,
 # for an update, unless the stored version is still the one before $3 (optimistic concurrency).
 _MISSING = """
@@ -119,11 +120,26 @@ WITH {_MISSING},
 UPDATE_SQL = f"""
 WITH {_MISSING},
  w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $31,
-   owner_org = $5, content = COALESCE($6, content)
-   WHERE pk = $34 AND version_id = $3 - 1 AND NOT EXISTS (SELECT 1 FROM missing)
+   owner_org = COALESCE($5, owner_org), content = COALESCE($6, content)
+   WHERE res_type = $1 AND res_id = $2 AND version_id = $3 - 1
+     AND ($34::text IS NULL OR owner_org = $34) AND NOT (deleted AND $35)
+     AND NOT EXISTS (SELECT 1 FROM missing)
    RETURNING pk),
 {_INDEX_DELETES}, {_VERSION_INSERT}, {_INDEX_INSERTS}
 {_RESULT}
+"""
+
+# A deletion needs no content, so its new version is computed in the statement: one round trip.
+# $1 type, $2 id, $3 time, $4 the owner the row must have (or NULL), $5 client, $6 org, $7 request
+DELETE_SQL = f"""
+WITH w AS (UPDATE resource SET version_id = version_id + 1, last_updated = $3, deleted = true
+   WHERE res_type = $1 AND res_id = $2 AND NOT deleted AND ($4::text IS NULL OR owner_org = $4)
+   RETURNING pk, version_id),
+{_INDEX_DELETES},
+ v AS (INSERT INTO resource_version (pk, version_id, res_type, res_id, last_updated, method,
+        deleted, author_client, author_org, request_id, content)
+   SELECT w.pk, w.version_id, $1, $2, $3, 'DELETE', true, $5, $6, $7, NULL FROM w)
+SELECT version_id FROM w
 """
 
 _READ = "SELECT pk, version_id, last_updated, deleted, owner_org, content FROM resource"
@@ -223,14 +239,17 @@ class ResourceRepository:
         method: str,
         owner_org: str | None,
         context: WriteContext,
-        existing_pk: int | None = None,
+        replace: bool = False,
         required: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+        required_owner: str | None = None,
+        live_only: bool = False,
     ) -> WriteResult:
         """Write one version: resource row, version row and index rows in one statement.
 
-        ``existing_pk`` None creates the resource; otherwise the current row is replaced if it
-        is still at ``version_id - 1``. ``content`` None records a deletion. ``required`` are
-        local references that must exist: if any does not, nothing is written.
+        Without ``replace`` the resource is created; with it, the stored row is replaced if it
+        is still at ``version_id - 1`` (and owned by ``required_owner``, and not deleted when
+        ``live_only``). ``owner_org`` None keeps the stored owner. ``required`` are local
+        references that must exist: if any does not, nothing is written.
         """
         types = [t for t, _ in required]
         ids = [i for _, i in required]
@@ -250,11 +269,32 @@ class ResourceRepository:
             types,
             ids,
         ]
-        if existing_pk is None:
-            row = await self.connection.fetchrow(CREATE_SQL, *args)
+        if replace:
+            row = await self.connection.fetchrow(UPDATE_SQL, *args, required_owner, live_only)
         else:
-            row = await self.connection.fetchrow(UPDATE_SQL, *args, existing_pk)
+            row = await self.connection.fetchrow(CREATE_SQL, *args)
         return WriteResult(row["pk"], sorted(row["missing"]))
+
+    async def delete(
+        self,
+        resource_type: str,
+        resource_id: str,
+        when: datetime,
+        context: WriteContext,
+        required_owner: str | None = None,
+    ) -> int | None:
+        """Mark a live resource deleted (a new version); its version, or None if nothing was."""
+        version = await self.connection.fetchval(
+            DELETE_SQL,
+            resource_type,
+            resource_id,
+            when,
+            required_owner,
+            context.client_id,
+            context.organization,
+            context.request_id,
+        )
+        return None if version is None else int(version)
 
     async def advisory_lock(self, key: str) -> None:
         """Serialise concurrent conditional writes on the same criteria until commit."""
