@@ -1058,6 +1058,15 @@ class RunInfo:
     load_before: float | None
 
 
+def cpu_calibration() -> float:
+    """Seconds for a fixed pure-Python loop: how fast this machine is at the moment."""
+    started = time.perf_counter()
+    total = 0
+    for step in range(10_000_000):
+        total += step
+    return time.perf_counter() - started
+
+
 def report(info: RunInfo, result: LoadResult, usage: list[float]) -> tuple[float, float, float]:
     """Print the measurement; return (requests/s, overall p99 ms, error fraction)."""
     window = result.last_end - result.first_start if result.ok else 0.0
@@ -1070,6 +1079,10 @@ def report(info: RunInfo, result: LoadResult, usage: list[float]) -> tuple[float
 
     print("Yijian Hub - FHIR CRUD mix benchmark (create/read/update/delete x 5 resource types)")
     print(f"machine: nproc={cores}; server: {info.server}; server workers: {info.workers}")
+    print(
+        f"machine speed: a 10M-step Python loop takes {cpu_calibration():.2f} s now "
+        "(compare runs only at similar speeds: this shared machine's CPU varies)"
+    )
     print(f"base URL: {info.base_url}")
     print(f"command: {info.command}")
     if info.load_before is not None:
