@@ -1056,6 +1056,7 @@ class RunInfo:
     iterations: int | None
     command: str
     load_before: float | None
+    speed_before: float
 
 
 def cpu_calibration() -> float:
@@ -1080,8 +1081,9 @@ def report(info: RunInfo, result: LoadResult, usage: list[float]) -> tuple[float
     print("Yijian Hub - FHIR CRUD mix benchmark (create/read/update/delete x 5 resource types)")
     print(f"machine: nproc={cores}; server: {info.server}; server workers: {info.workers}")
     print(
-        f"machine speed: a 10M-step Python loop takes {cpu_calibration():.2f} s now "
-        "(compare runs only at similar speeds: this shared machine's CPU varies)"
+        f"machine speed: a 10M-step Python loop took {info.speed_before:.2f} s before the run, "
+        f"{cpu_calibration():.2f} s after (compare runs only at similar speeds: this shared "
+        "machine's CPU varies)"
     )
     print(f"base URL: {info.base_url}")
     print(f"command: {info.command}")
@@ -1311,6 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
             server, workers = "external (already running)", "as configured (not started here)"
         print(f"measuring {base_url} ...", flush=True)
         load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        speed_before = cpu_calibration()
         plans = make_plans(args, base_url, client_id, secret)
         result, usage = generate_load(plans)
         info = RunInfo(
@@ -1324,6 +1327,7 @@ def main(argv: list[str] | None = None) -> int:
             args.iterations,
             command_line(sys.argv[1:] if argv is None else argv),
             load_before,
+            speed_before,
         )
         print()
         _rps, _p99, error_rate = report(info, result, usage)
