@@ -13,6 +13,9 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
+from hub.fhir.datetimes import instant
 from hub.fhir.indexing import split_reference
 from hub.fhir.outcomes import FhirError, bad_request
 from hub.records.rendering import bundle, search_bundle
@@ -351,14 +354,10 @@ async def _entry(
 
 
 def _resource(stored: StoredResource) -> Any:
-    import orjson
-
     return orjson.Fragment(stored.content or "{}")
 
 
 def _response(stored: StoredResource, base: str, status: int) -> dict[str, Any]:
-    from hub.fhir.datetimes import instant
-
     text = {200: "200 OK", 201: "201 Created"}[status]
     return {
         "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",

@@ -11,12 +11,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
 import fhir_profiles
 from hub.fhir import validation
-from hub.fhir.datetimes import instant
+from hub.fhir.datetimes import DateFormatError, instant, parse_range
 from hub.fhir.indexing import Indexer, split_reference
 from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
@@ -268,8 +269,6 @@ class RecordService:
         context: WriteContext,
     ) -> WriteOutcome:
         check_type(resource_type)
-        from urllib.parse import urlencode
-
         matches = await self._conditional_match(uow, principal, resource_type, urlencode(query))
         if len(matches) > 1:
             raise FhirError(
@@ -378,8 +377,6 @@ class RecordService:
     async def _conditional_match(
         self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
     ) -> list[StoredResource]:
-        from urllib.parse import parse_qsl
-
         query = parse_qsl(criteria.lstrip("?").split("?", 1)[-1], keep_blank_values=True)
         if not query:
             raise bad_request("conditional criteria are empty")
@@ -531,8 +528,6 @@ class RecordService:
             types = [t for t in wanted if t in readable]
         since = period = None
         zone = self.indexer.zone
-        from hub.fhir.datetimes import DateFormatError, parse_range
-
         try:
             if "_since" in query:
                 since = parse_range(query["_since"], zone)[0]
