@@ -41,33 +41,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import multiprocessing
 import os
 import random
 import secrets
 import shlex
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+
+from bench._harness import (
+    BENCH_SYSTEM,
+    OwnHub,
+    SetupError,
+    cpu_calibration,
+    free_port,
+    http_answers,
+    read_cpu_jiffies,
+)
 
 # --------------------------------------------------------------------------------------------
 # Constants
@@ -84,7 +85,6 @@ REQUESTS_PER_CYCLE = len(CREATE_ORDER) * len(OPERATIONS)
 FHIR_JSON = "application/fhir+json"
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLIENT_CPU_WARNING = 0.80  # fraction of one core above which the generator may be the limit
-BENCH_SYSTEM = "https://bench.yijian.invalid"
 CN_TZ = timezone(timedelta(hours=8))
 
 # --------------------------------------------------------------------------------------------
@@ -452,18 +452,6 @@ class Recorder:
             result.error_samples[status] = f"{op} {rtype}: {text[:600]}"
 
 
-def read_cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) jiffies of the whole machine from /proc/stat, or None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # guest time is already included in user time
-    return total - idle, total
-
-
 # --------------------------------------------------------------------------------------------
 # Load generation
 # --------------------------------------------------------------------------------------------
@@ -739,276 +727,6 @@ def generate_load(plans: list[LoadPlan]) -> tuple[LoadResult, list[float]]:
 
 
 # --------------------------------------------------------------------------------------------
-# A private hub for the benchmark
-# --------------------------------------------------------------------------------------------
-
-
-class SetupError(RuntimeError):
-    """The benchmark could not start or reach a hub."""
-
-
-def find_yijian() -> Path:
-    """The ``yijian`` command installed next to the current interpreter."""
-    candidate = Path(sys.executable).parent / "yijian"
-    if candidate.exists():
-        return candidate
-    found = shutil.which("yijian")
-    if found:
-        return Path(found)
-    raise SetupError(
-        f"no 'yijian' command next to {sys.executable}; install the project first "
-        "(make venv, or pip install -e '.[dev]') and run with that interpreter"
-    )
-
-
-def tcp_answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether something accepts TCP connections at host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_answers(base_url: str, timeout: float = 1.0) -> bool:
-    """Whether an HTTP server answers at ``base_url`` (any status counts)."""
-    try:
-        with urllib.request.urlopen(base_url.rstrip("/") + "/healthz", timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def with_database(url: str, database: str) -> str:
-    """``url`` with its path (database name) replaced."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-def admin_sql(url: str, sql: str) -> None:
-    """Run one statement on the PostgreSQL server at ``url`` (asyncpg, else ``psql``).
-
-    asyncpg is not an extra dependency: the hub this benchmark starts requires it.
-    """
-    try:
-        import asyncpg  # only the --start path needs it
-    except ImportError:
-        psql = shutil.which("psql")
-        if not psql:
-            raise SetupError("neither asyncpg nor psql is available to create a database") from None
-        subprocess.run(
-            [psql, url, "-v", "ON_ERROR_STOP=1", "-qXc", sql], check=True, capture_output=True
-        )
-        return
-
-    async def execute() -> None:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(execute())
-
-
-def parse_json_output(text: str) -> dict[str, Any]:
-    """The JSON object a ``--json`` CLI command printed (tolerating log lines around it)."""
-    with contextlib.suppress(orjson.JSONDecodeError):
-        value = orjson.loads(text)
-        if isinstance(value, dict):
-            return value
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                value = orjson.loads(line)
-                if isinstance(value, dict):
-                    return value
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        with contextlib.suppress(orjson.JSONDecodeError):
-            value = orjson.loads(text[start : end + 1])
-            if isinstance(value, dict):
-                return value
-    raise SetupError(f"expected JSON output, got: {text[:500]!r}")
-
-
-@dataclass
-class OwnHub:
-    """A hub started by the benchmark, with its own database, removed afterwards."""
-
-    workers: int
-    port: int
-    pg_admin_url: str
-    base_url: str = ""
-    client_id: str = ""
-    client_secret: str = ""
-    database: str = ""
-    log_path: Path | None = None
-    _tmp: Path | None = None
-    _dropdb: str | None = None
-    _server: subprocess.Popen[bytes] | None = None
-    _env: dict[str, str] = field(default_factory=dict)
-
-    def _run(self, yijian: Path, *args: str, timeout: float = 300.0) -> str:
-        cmd = [str(yijian), *args]
-        proc = subprocess.run(
-            cmd, env=self._env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if proc.returncode != 0:
-            raise SetupError(
-                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}"
-                f"\n{proc.stderr[-4000:]}"
-            )
-        return proc.stdout
-
-    def start(self) -> None:
-        """Prepare a database, register a hospital and an admin client, start the server."""
-        yijian = find_yijian()
-        self._tmp = Path(tempfile.mkdtemp(prefix="yijian-bench-"))
-        env = dict(os.environ)
-        env.setdefault("YIJIAN_LOG_LEVEL", "WARNING")  # no per-request logging in a benchmark
-        if env.get("YIJIAN_DATABASE_URL"):
-            self.database = "YIJIAN_DATABASE_URL (as configured)"
-        else:
-            admin = urlsplit(self.pg_admin_url)
-            if tcp_answers(admin.hostname or "127.0.0.1", admin.port or 5432):
-                name = f"yijian_bench_{secrets.token_hex(4)}"
-                admin_sql(self.pg_admin_url, f'CREATE DATABASE "{name}"')
-                self._dropdb = name
-                env["YIJIAN_DATABASE_URL"] = with_database(self.pg_admin_url, name)
-                self.database = (
-                    f"PostgreSQL at {admin.hostname}:{admin.port or 5432}, "
-                    f"fresh database {name} (dropped afterwards)"
-                )
-            else:
-                env.pop("YIJIAN_DATABASE_URL", None)
-                env["YIJIAN_DATA_DIR"] = str(self._tmp / "data")
-                self.database = f"embedded PostgreSQL under {env['YIJIAN_DATA_DIR']}"
-        self._env = env
-
-        self._run(yijian, "db", "upgrade")
-        org = parse_json_output(
-            self._run(
-                yijian,
-                "orgs",
-                "add",
-                "--name",
-                "基准测试医院",
-                "--identifier",
-                f"{BENCH_SYSTEM}/org|BENCH-{secrets.token_hex(4)}",
-                "--json",
-            )
-        )
-        client = parse_json_output(
-            self._run(
-                yijian,
-                "clients",
-                "add",
-                "--kind",
-                "admin",
-                "--organization",
-                str(org["id"]),
-                "--name",
-                "bench-crud",
-                "--json",
-            )
-        )
-        self.client_id, self.client_secret = client["client_id"], client["client_secret"]
-
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self._tmp / "server.log"
-        with open(self.log_path, "wb") as log:
-            self._server = subprocess.Popen(
-                [
-                    str(yijian),
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(self.workers),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._wait_ready(timeout=90.0)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        url = self.base_url + "/healthz"
-        while time.monotonic() < deadline:
-            assert self._server is not None
-            if self._server.poll() is not None:
-                raise SetupError(
-                    f"yijian serve exited {self._server.returncode}:\n{self.log_tail()}"
-                )
-            with (
-                contextlib.suppress(OSError, ValueError),
-                urllib.request.urlopen(url, timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.3)
-        raise SetupError(f"yijian serve not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        if self.log_path and self.log_path.exists():
-            return self.log_path.read_text("utf-8", "replace")[-chars:]
-        return ""
-
-    def server_log_problems(self) -> tuple[int, str]:
-        """(number of tracebacks / ERROR lines in the server log, the first such excerpt)."""
-        if not (self.log_path and self.log_path.exists()):
-            return 0, ""
-        lines = self.log_path.read_text("utf-8", "replace").splitlines()
-        hits = [
-            i
-            for i, line in enumerate(lines)
-            if line.startswith("Traceback") or " ERROR" in line or line.startswith("ERROR")
-        ]
-        if not hits:
-            return 0, ""
-        first = hits[0]
-        return len(hits), "\n".join(lines[first : first + 30])
-
-    def stop(self) -> None:
-        """Stop the server (its whole process group), drop the database, remove temp files."""
-        if self._server is not None and self._server.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._server.pid, signal.SIGTERM)
-            try:
-                self._server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._server.pid, signal.SIGKILL)
-                self._server.wait(timeout=10)
-        if self._dropdb:
-            try:
-                admin_sql(
-                    self.pg_admin_url, f'DROP DATABASE IF EXISTS "{self._dropdb}" WITH (FORCE)'
-                )
-            except Exception as exc:  # report, keep cleaning up
-                print(f"warning: could not drop database {self._dropdb}: {exc}", file=sys.stderr)
-            self._dropdb = None
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-
-# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
@@ -1057,15 +775,6 @@ class RunInfo:
     command: str
     load_before: float | None
     speed_before: float
-
-
-def cpu_calibration() -> float:
-    """Seconds for a fixed pure-Python loop: how fast this machine is at the moment."""
-    started = time.perf_counter()
-    total = 0
-    for step in range(10_000_000):
-        total += step
-    return time.perf_counter() - started
 
 
 def report(info: RunInfo, result: LoadResult, usage: list[float]) -> tuple[float, float, float]:
