@@ -53,7 +53,11 @@ class KeyRing:
     def rotate(self) -> SigningKey:
         """Create a new key, which becomes the signing key."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kid = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.urandom(3).hex()}"
+        # Kids sort by creation time to the microsecond, so the newest key is the last one
+        # (second precision let two keys made in one second sort by their random suffix).
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+        kid = f"{stamp}-{os.urandom(3).hex()}"
         private = ec.generate_private_key(ec.SECP256R1())
         pem = private.private_bytes(
             serialization.Encoding.PEM,
