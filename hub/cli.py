@@ -239,24 +239,17 @@ def clients() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def clients_add(kind: str, organization: str, name: str, scope: str | None, as_json: bool) -> None:
     """Register a client. Its secret is printed once and stored only as a hash."""
-    from hub.security.clients import ClientRegistry
+    from hub.security.clients import ClientRegistry, UnknownOrganization
     from hub.security.principals import ClientKind
 
     async def work(admin: _Admin) -> Any:
         async with admin.hub.database.connection() as conn:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
-                "AND NOT deleted",
-                organization,
-            )
-            if not exists:
-                raise click.ClickException(
-                    f"Organization/{organization} is not registered (yijian orgs add)"
-                )
             try:
                 record, secret = await ClientRegistry(conn).add(
                     ClientKind(kind), organization, name, scope
                 )
+            except UnknownOrganization as error:
+                raise click.ClickException(f"{error} (yijian orgs add)") from None
             except ValueError as error:
                 raise click.ClickException(str(error)) from None
         await admin.audit("C", "client-add", [f"client/{record.client_id}"])

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from hub.api.dependencies import Caller, get_hub
 from hub.fhir.outcomes import FhirError, forbidden
 from hub.security.audit import AuditRecord
-from hub.security.clients import ClientRecord, ClientRegistry
+from hub.security.clients import ClientRecord, ClientRegistry, UnknownOrganization
 from hub.security.principals import ClientKind, Principal
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -74,17 +74,12 @@ async def list_clients(request: Request, principal: Caller) -> JSONResponse:
 async def add_client(body: NewClient, request: Request, principal: Caller) -> JSONResponse:
     _require_admin(principal)
     async with get_hub(request).database.connection() as conn:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
-            "AND NOT deleted",
-            body.organization,
-        )
-        if not exists:
-            raise FhirError(422, "not-found", f"Organization/{body.organization} is not known")
         try:
             record, secret = await ClientRegistry(conn).add(
                 body.kind, body.organization, body.name, body.scope
             )
+        except UnknownOrganization as error:
+            raise FhirError(422, "not-found", str(error)) from None
         except ValueError as error:
             raise FhirError(422, "value", str(error)) from None
     await _audit(request, principal, "C", "client-add", f"client/{record.client_id}", 201)

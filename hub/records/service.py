@@ -100,12 +100,7 @@ class RecordService:
                 raise not_found(resource_type, resource_id)
             return event
         stored = await uow.resources.current(resource_type, resource_id)
-        if stored is None or not policy.may_read_row(principal, resource_type, stored.owner_org):
-            raise not_found(resource_type, resource_id)
-        if stored.deleted:
-            raise gone(resource_type, resource_id)
-        self.note(uow, stored)
-        return stored
+        return self._visible(uow, principal, stored, resource_type, resource_id)
 
     async def vread(
         self,
@@ -122,10 +117,23 @@ class RecordService:
         if not version.isdigit():
             raise not_found(resource_type, f"{resource_id}/_history/{version}")
         stored = await uow.resources.version(resource_type, resource_id, int(version))
+        return self._visible(
+            uow, principal, stored, resource_type, f"{resource_id}/_history/{version}"
+        )
+
+    def _visible(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        stored: StoredResource | None,
+        resource_type: str,
+        label: str,
+    ) -> StoredResource:
+        """A stored version the principal may see: 404 if absent or not theirs, 410 if deleted."""
         if stored is None or not policy.may_read_row(principal, resource_type, stored.owner_org):
-            raise not_found(resource_type, f"{resource_id}/_history/{version}")
+            raise not_found(resource_type, label)
         if stored.deleted:
-            raise gone(resource_type, f"{resource_id}/_history/{version}")
+            raise gone(resource_type, label)
         self.note(uow, stored)
         return stored
 

@@ -33,6 +33,10 @@ class ClientRecord:
         )
 
 
+class UnknownOrganization(ValueError):
+    """A client must act for a registered Organization."""
+
+
 class ClientRegistry:
     """API clients in PostgreSQL. Secrets are returned once, at creation, and stored hashed."""
 
@@ -42,6 +46,13 @@ class ClientRegistry:
     async def add(
         self, kind: ClientKind, organization: str, name: str, scope: str | None = None
     ) -> tuple[ClientRecord, str]:
+        known = await self.connection.fetchval(
+            "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
+            "AND NOT deleted",
+            organization,
+        )
+        if not known:
+            raise UnknownOrganization(f"Organization/{organization} is not registered")
         granted = scopes.parse(scope or RULES[kind].default_scopes)
         invalid = [s for s in granted if not scopes.is_valid(s)]
         if invalid:
