@@ -52,3 +52,32 @@ def required_bindings() -> dict[str, frozenset[str]]:
         binding["path"]: valuesets[binding["valueSet"]]
         for binding in load("required-bindings.json")["bindings"]
     }
+
+
+def _directory(name: str) -> list[FhirJson]:
+    """Every JSON file of one subdirectory, parsed, in filename order."""
+    return [load(f"{name}/{path.name}") for path in sorted((PROFILES_DIR / name).glob("*.json"))]
+
+
+def naming_systems() -> list[FhirJson]:
+    """Every NamingSystem of ``naming-systems/``, in filename order.
+
+    Each resource's ``id`` is its file's stem (``resident-id``); the hub's behaviour for the
+    system (protected, deterministic, validation) is in its extensions. Not cached: the caller
+    builds its own immutable view once (``hub.identity.identifiers.IdentifierSystems``).
+    """
+    return _directory("naming-systems")
+
+
+def codesystems() -> list[FhirJson]:
+    """Every CodeSystem of ``codesystems/``, in filename order (not cached, as above)."""
+    return _directory("codesystems")
+
+
+def match_rules() -> dict[str, Any]:
+    """The default probabilistic patient matching rules (``identity/match-rules.json``).
+
+    Weights per field and outcome, grade thresholds and similarity cut-offs, as data that a
+    region tunes; ``hub.identity.matching.MatchRules.load`` validates them. Not cached, as above.
+    """
+    return load("identity/match-rules.json")

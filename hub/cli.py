@@ -370,6 +370,150 @@ def keys_rotate() -> None:
     click.echo(f"new signing key {key.kid}; restart API processes to sign with it")
 
 
+# -- patient identity ------------------------------------------------------------------------
+
+
+@main.group()
+def identity() -> None:
+    """Patient identity: review queue, link decisions, identifier keys."""
+
+
+def _identity_decision(interaction: str, decide: Callable[[Any, Any, str], Awaitable[int]]) -> int:
+    async def work(admin: _Admin) -> int:
+        from hub.records.unit_of_work import unit_of_work
+
+        actor = f"client:{admin.principal.client_id}"
+        async with unit_of_work(admin.hub.database, transaction=True) as uow:
+            event = await decide(admin.hub.identity, uow, actor)
+        await admin.audit("U", interaction, uow.entities)
+        return event
+
+    from hub.fhir.outcomes import FhirError
+
+    try:
+        result: int = _admin_command(work)
+    except FhirError as error:
+        raise click.ClickException(error.diagnostics) from None
+    return result
+
+
+@identity.command("reviews")
+@click.option("--status", default="open", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def identity_reviews(status: str, as_json: bool) -> None:
+    """Probable and possible matches waiting for an operator."""
+
+    async def work(admin: _Admin) -> Any:
+        from hub.records.unit_of_work import unit_of_work
+
+        async with unit_of_work(admin.hub.database, transaction=False) as uow:
+            return await admin.hub.identity.reviews(uow, status, 1000, 0)
+
+    found = _admin_command(work)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in found], ensure_ascii=False))
+        return
+    for r in found:
+        click.echo(
+            f"#{r.id} {r.grade:8} {r.score:6.2f}  Patient/{r.source_id} → Patient/{r.master_id}"
+        )
+
+
+@identity.command("link")
+@click.argument("source")
+@click.argument("master")
+@click.option("--reason", default=None)
+def identity_link(source: str, master: str, reason: str | None) -> None:
+    """Link SOURCE (a hospital's Patient id) to MASTER (a master Patient id)."""
+    event = _identity_decision(
+        "identity-link", lambda s, uow, actor: s.link(uow, source, master, actor, reason)
+    )
+    click.echo(f"linked Patient/{source} to Patient/{master} (event {event})")
+
+
+@identity.command("unlink")
+@click.argument("source")
+@click.option("--reason", default=None)
+def identity_unlink(source: str, reason: str | None) -> None:
+    """Detach SOURCE into a master of its own."""
+    event = _identity_decision(
+        "identity-unlink", lambda s, uow, actor: s.unlink(uow, source, actor, reason)
+    )
+    click.echo(f"unlinked Patient/{source} (event {event})")
+
+
+@identity.command("merge")
+@click.argument("from_master")
+@click.argument("into_master")
+@click.option("--reason", default=None)
+def identity_merge(from_master: str, into_master: str, reason: str | None) -> None:
+    """Merge master FROM_MASTER into INTO_MASTER."""
+    event = _identity_decision(
+        "identity-merge",
+        lambda s, uow, actor: s.merge(uow, from_master, into_master, actor, reason),
+    )
+    click.echo(f"merged Patient/{from_master} into Patient/{into_master} (event {event})")
+
+
+@identity.command("undo")
+@click.argument("event_id", type=int)
+@click.option("--reason", default=None)
+def identity_undo(event_id: int, reason: str | None) -> None:
+    """Undo a link decision (see `yijian identity events`)."""
+    event = _identity_decision(
+        "identity-undo", lambda s, uow, actor: s.undo(uow, event_id, actor, reason)
+    )
+    click.echo(f"undid event {event_id} (event {event})")
+
+
+@identity.command("events")
+@click.option("--patient", default=None, help="a source or master Patient id")
+@click.option("--limit", default=50, show_default=True)
+def identity_events(patient: str | None, limit: int) -> None:
+    """The history of link decisions, newest first."""
+
+    async def work(admin: _Admin) -> Any:
+        from hub.records.unit_of_work import unit_of_work
+
+        async with unit_of_work(admin.hub.database, transaction=False) as uow:
+            return await admin.hub.identity.events(uow, patient, limit)
+
+    for e in _admin_command(work):
+        undone = f" (undone by {e['undone_by']})" if e["undone_by"] else ""
+        click.echo(
+            f"{e['id']:>6} {e['at'][:19]} {e['action']:10} source={e['source_id']} "
+            f"master={e['master_id']} previous={e['previous_master_id']} by={e['decided_by']}"
+            f"{undone}"
+        )
+
+
+@identity.command("rotate-key")
+def identity_rotate_key() -> None:
+    """Add an identifier encryption key; it encrypts from now on (then run `reencrypt`)."""
+    from hub.identity.protection import rotate_identifier_keys
+
+    settings = _settings()
+    if settings.identifier_keys:
+        raise click.ClickException(
+            "keys come from YIJIAN_IDENTIFIER_KEYS: put a new key first in that list instead"
+        )
+    kid = rotate_identifier_keys(settings.resolved_keys_dir)
+    click.echo(f"new identifier key {kid}; running processes switch to it within seconds")
+
+
+@identity.command("reencrypt")
+def identity_reencrypt() -> None:
+    """Re-seal every stored identifier value with the current key."""
+    from hub.identity.rekeying import reencrypt
+
+    async def work(admin: _Admin) -> int:
+        async with admin.hub.database.connection() as conn:
+            return await reencrypt(conn, admin.hub.identity.protection)
+
+    count = _admin_command(work)
+    click.echo(f"{count} stored versions re-encrypted with the current key")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)

@@ -11,6 +11,9 @@ from hub.fhir.datetimes import zone
 from hub.fhir.indexing import Indexer
 from hub.fhir.search import SearchParser
 from hub.fhir.searchparams import SearchParamRegistry
+from hub.identity.identifiers import IdentifierSystems
+from hub.identity.protection import IdentifierProtection, load_identifier_keys
+from hub.identity.service import IdentityService
 from hub.records.service import RecordService
 from hub.security.audit import AuditWriter, load_audit_key
 from hub.security.clients import ClientRegistry
@@ -49,6 +52,7 @@ class Hub:
             settings.search_max_count,
             base + "/fhir" if base else "",
         )
+        identity = build_identity(settings)
         keyring = KeyRing(settings.resolved_keys_dir)
         tokens = TokenService(keyring, settings.token_issuer, settings.token_lifetime_seconds)
         audit = AuditWriter(database.connection, load_audit_key(settings.resolved_keys_dir))
@@ -56,11 +60,15 @@ class Hub:
             settings,
             database,
             registry,
-            RecordService(registry, indexer, parser),
+            RecordService(registry, indexer, parser, identity),
             keyring,
             tokens,
             audit,
         )
+
+    @property
+    def identity(self) -> IdentityService:
+        return self.records.identity
 
     async def start(self) -> None:
         await self.audit.start()
@@ -82,3 +90,14 @@ class Hub:
             await asyncio.sleep(REVOCATION_REFRESH_SECONDS)
             with contextlib.suppress(Exception):
                 await self.refresh_revocations()
+
+
+def build_identity(settings: Settings) -> IdentityService:
+    """The identity service with this deployment's identifier keys."""
+    keys = load_identifier_keys(
+        settings.resolved_keys_dir,
+        settings.identifier_keys.get_secret_value() if settings.identifier_keys else None,
+        settings.identifier_hash_key.get_secret_value() if settings.identifier_hash_key else None,
+    )
+    systems = IdentifierSystems.default()
+    return IdentityService(systems, IdentifierProtection(systems, keys))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     token_lifetime_seconds: int = 3600
     token_issuer: str = "yijian-hub"
     default_timezone: str = Field(default="Asia/Shanghai", description="for dates without zone")
+
+    identifier_keys: SecretStr | None = Field(
+        default=None,
+        description="AES-256 keys for identifier values, 'kid:base64,...' (first current); "
+        "unset: KEYS_DIR/identifiers.json, created once",
+    )
+    identifier_hash_key: SecretStr | None = Field(
+        default=None, description="base64 key of the identifier search hash (with the above)"
+    )
 
     search_default_count: int = 50
     search_max_count: int = 1000

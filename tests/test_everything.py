@@ -31,6 +31,13 @@ class Record:
     stranger: set[str]  # another patient and their result
 
 
+def master_of(doctor: Client, patient_ref: str) -> str:
+    """The hub's master record of a source Patient (it links to its sources)."""
+    masters = doctor.get("/Patient", params={"link": patient_ref}).json()["entry"]
+    assert len(masters) == 1
+    return f"Patient/{masters[0]['resource']['id']}"
+
+
 def created(client: Client, body: dict[str, Any]) -> str:
     response = client.post(f"/{body['resourceType']}", json=body)
     assert response.status_code == 201, response.text
@@ -143,11 +150,12 @@ def refs(bundle: dict[str, Any], mode: str | None = None) -> list[str]:
 def test_doctor_gets_the_whole_record_and_what_it_references(
     doctor: Client, record: Record, hospital_a: Client, hospital_b: Client
 ) -> None:
-    """Every compartment resource is a match; referenced organizations come as includes."""
+    """Every compartment resource is a match, the hub's master record of the person too;
+    referenced organizations come as includes."""
     body = everything(doctor, record.patient)
     matches = refs(body, "match")
     assert len(matches) == len(set(matches))
-    assert set(matches) == record.by_a | {record.from_b}
+    assert set(matches) == record.by_a | {record.from_b, master_of(doctor, record.patient)}
     assert body["total"] == len(matches)
     included = set(refs(body, "include"))
     assert f"Organization/{hospital_a.organization}" in included
@@ -269,9 +277,9 @@ def test_references_into_another_patients_record_stay_out(
             "result": [{"reference": their_result}],
         },
     )
-    for client in (hospital_a, doctor):
+    for client, master in ((hospital_a, set()), (doctor, {master_of(doctor, mine)})):
         body = everything(client, mine)
-        assert set(refs(body, "match")) == {mine, report}
+        assert set(refs(body, "match")) == {mine, report} | master
         assert their_result not in refs(body)
         assert theirs not in refs(body)
 

@@ -237,7 +237,11 @@ def test_identifier_search(hospital_a: Client, hospital_b: Client, doctor: Clien
     assert found(hospital_a, "Observation", {"patient": pid, "_id:not": oid}) == {bare_oid}
     # Another hospital does not see hospital A's records; a doctor does.
     assert found(hospital_b, "Patient", {"identifier": f"{mrn_system}|{mrn}"}) == set()
-    assert found(doctor, "Patient", {"identifier": f"{mrn_system}|{mrn}"}) == {pid}
+    # The doctor finds the record and the hub's master record of the person, which carries
+    # every identifier of its sources.
+    master = found(doctor, "Patient", {"link": f"Patient/{pid}"})
+    assert len(master) == 1
+    assert found(doctor, "Patient", {"identifier": f"{mrn_system}|{mrn}"}) == {pid} | master
 
 
 # -- dates --------------------------------------------------------------------------------------

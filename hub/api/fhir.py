@@ -174,8 +174,10 @@ async def create(request: Request) -> Response:
     async with audited(request, principal, "create", "C") as audit:
         resource = await read_json(request)
         if_none_exist = request.headers.get("if-none-exist")
-        # Only a conditional create needs a transaction (search, then write, under a lock).
-        async with unit_of_work(hub.database, transaction=bool(if_none_exist)) as uow:
+        # Only a conditional create (search, then write, under a lock) and a Patient (write,
+        # then match and link) need a transaction.
+        transaction = bool(if_none_exist) or hub.records.needs_transaction(resource_type)
+        async with unit_of_work(hub.database, transaction=transaction) as uow:
             outcome = await hub.records.create(
                 uow,
                 principal,
@@ -259,7 +261,8 @@ async def update(request: Request) -> Response:
     check_type(resource_type)
     async with audited(request, principal, "update", "U") as audit:
         resource = await read_json(request)
-        async with unit_of_work(hub.database, transaction=False) as uow:
+        transaction = hub.records.needs_transaction(resource_type)
+        async with unit_of_work(hub.database, transaction=transaction) as uow:
             outcome = await hub.records.update(
                 uow,
                 principal,
@@ -280,7 +283,8 @@ async def delete(request: Request) -> Response:
     resource_id = request.path_params["resource_id"]
     hub = get_hub(request)
     async with audited(request, principal, "delete", "D") as audit:
-        async with unit_of_work(hub.database, transaction=False) as uow:
+        transaction = hub.records.needs_transaction(resource_type)
+        async with unit_of_work(hub.database, transaction=transaction) as uow:
             await hub.records.delete(
                 uow, principal, resource_type, resource_id, write_context(request, principal)
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -23,12 +23,16 @@ from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
 from hub.fhir.search import Cursor, SearchParser, SearchRequest
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
+from hub.identity.protection import IdentifierProtection
 from hub.records.unit_of_work import UnitOfWork, unknown_references
 from hub.security import policy
 from hub.security.audit_events import AuditEventView
 from hub.security.principals import Principal
 from hub.security.scopes import CREATE, DELETE, READ, SEARCH, UPDATE
 from hub.storage.resources import Page, StoredResource, WriteContext
+
+if TYPE_CHECKING:
+    from hub.identity.service import IdentityService
 
 MAX_INCLUDED = 1000
 WRITE_ATTEMPTS = 3  # optimistic writes re-read and retry this often before a 409
@@ -65,10 +69,19 @@ class SearchResult:
 class RecordService:
     """The FHIR record operations of the hub."""
 
-    def __init__(self, registry: SearchParamRegistry, indexer: Indexer, parser: SearchParser):
+    def __init__(
+        self,
+        registry: SearchParamRegistry,
+        indexer: Indexer,
+        parser: SearchParser,
+        identity: IdentityService,
+    ):
         self.registry = registry
         self.indexer = indexer
         self.parser = parser
+        self.identity = identity
+        self.protection: IdentifierProtection = identity.protection
+        identity.writer = self
         compartment = fhir_profiles.patient_compartment()
         self.compartment_members = [
             (entry["code"], param)
@@ -135,7 +148,16 @@ class RecordService:
         if stored.deleted:
             raise gone(resource_type, label)
         self.note(uow, stored)
-        return stored
+        return self.present(principal, stored)
+
+    def present(self, principal: Principal, stored: StoredResource) -> StoredResource:
+        """A stored version as this principal may see it (identifier values in full or
+        masked)."""
+        return self.identity.present(stored, policy.identifiers_in_full(principal))
+
+    def needs_transaction(self, resource_type: str) -> bool:
+        """Writes of Patients also match and link them, which must be atomic with the write."""
+        return resource_type == "Patient"
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -152,7 +174,7 @@ class RecordService:
         """Create with a new id (or ``resource_id``, assigned by a transaction)."""
         check_type(resource_type)
         policy.require(principal, resource_type, CREATE)
-        validation.validate(resource, resource_type)
+        resource = self._prepare(principal, resource, resource_type)
         if if_none_exist:
             existing = await self.match_if_none_exist(uow, principal, resource_type, if_none_exist)
             if existing is not None:
@@ -164,7 +186,15 @@ class RecordService:
         )
         if stored is None:
             raise FhirError(409, "duplicate", f"{resource_type}/{resource_id} already exists")
-        return WriteOutcome(stored, created=True)
+        return WriteOutcome(self.present(principal, stored), created=True)
+
+    def _prepare(
+        self, principal: Principal, resource: dict[str, Any], resource_type: str
+    ) -> dict[str, Any]:
+        """Identifiers normalised (422 for an invalid ID number), then validated."""
+        resource = self.identity.normalize(resource, policy.assigning_organization(principal))
+        validation.validate(resource, resource_type)
+        return resource
 
     async def match_if_none_exist(
         self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
@@ -180,7 +210,7 @@ class RecordService:
             )
         if existing:
             self.note(uow, existing[0])
-            return existing[0]
+            return self.present(principal, existing[0])
         return None
 
     async def update(
@@ -198,15 +228,15 @@ class RecordService:
             raise bad_request(
                 f"the resource id ({resource.get('id')!r}) must match the URL ({resource_id!r})"
             )
-        validation.validate(resource, resource_type)
-        if if_match is not None:
+        resource = self._prepare(principal, resource, resource_type)
+        if if_match is not None and not self.needs_transaction(resource_type):
             # The expected version is known: write without reading first. If nothing was
             # written, the general path below finds out why (412, 403 or 404).
             stored = await self._update_expected_version(
                 uow, principal, resource, parse_etag(if_match), context
             )
             if stored is not None:
-                return WriteOutcome(stored, created=False)
+                return WriteOutcome(self.present(principal, stored), created=False)
         for _ in range(WRITE_ATTEMPTS):
             current = await uow.resources.current(
                 resource_type, resource_id, lock=uow.in_transaction
@@ -219,6 +249,8 @@ class RecordService:
                 raise forbidden(f"{resource_type}/{resource_id} belongs to another organization")
             if if_match is not None:
                 _check_if_match(if_match, current, resource_type, resource_id)
+            if resource_type == "Patient" and current is not None:
+                await self.identity.guard_source_write(uow, resource_id)
             owner = policy.owner_for_write(
                 principal, resource, current.owner_org if current else None, exists=exists
             )
@@ -234,7 +266,7 @@ class RecordService:
                 replace=current is not None,
             )
             if stored is not None:
-                return WriteOutcome(stored, created=not exists)
+                return WriteOutcome(self.present(principal, stored), created=not exists)
             # another writer changed it between our read and write: read again (If-Match, if
             # given, will now fail with 412)
         raise _write_conflict(resource_type, resource_id)
@@ -306,6 +338,8 @@ class RecordService:
         """Delete; False when it was already deleted (still a success)."""
         check_type(resource_type)
         policy.require(principal, resource_type, DELETE)
+        if resource_type == "Patient":
+            await self.identity.guard_source_write(uow, resource_id)
         version = await uow.resources.delete(
             resource_type,
             resource_id,
@@ -315,6 +349,8 @@ class RecordService:
         )
         if version is not None:
             uow.entities.append(f"{resource_type}/{resource_id}/_history/{version}")
+            if resource_type == "Patient":
+                await self.identity.source_deleted(uow, resource_id, context)
             return True
         # Nothing deleted: say why.
         current = await uow.resources.current(resource_type, resource_id)
@@ -338,8 +374,13 @@ class RecordService:
         replace: bool = False,
         required_owner: str | None = None,
         live_only: bool = False,
+        source: bool = True,
     ) -> StoredResource | None:
-        """Store a new version; None if a concurrent writer changed the resource first."""
+        """Store a new version; None if a concurrent writer changed the resource first.
+
+        Protected identifier values are sealed in the stored JSON and hashed in the index. A
+        Patient written through the API (a ``source``) is then matched and linked.
+        """
         now = datetime.now(UTC)
         meta = {
             k: v
@@ -353,11 +394,12 @@ class RecordService:
         }
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
         rows = self.indexer.index(body)
+        self.protection.protect_rows(rows)
         references = {r for r in rows.references() if r != (resource_type, resource_id)}
         if uow.in_transaction:  # checked at commit: they may be created later in the Bundle
             uow.references |= references
             references = set()
-        content = orjson.dumps(body).decode()
+        content = orjson.dumps(self.protection.seal(body)).decode()
         written = await uow.resources.write(
             resource_type,
             resource_id,
@@ -380,7 +422,34 @@ class RecordService:
         pk = written.pk
         stored = StoredResource(pk, resource_type, resource_id, version, now, content, False, owner)
         self.note(uow, stored, body)
+        if resource_type == "Patient" and source:
+            if not uow.in_transaction:
+                raise AssertionError("Patient writes run in a transaction (needs_transaction)")
+            await self.identity.source_written(uow, stored, body, context)
         return stored
+
+    async def store(
+        self,
+        uow: UnitOfWork,
+        resource_id: str,
+        version: int,
+        resource: dict[str, Any],
+        context: WriteContext,
+        replace: bool,
+    ) -> StoredResource | None:
+        """Write a master Patient for the identity service (no matching: it is no source)."""
+        return await self._write(
+            uow,
+            "Patient",
+            resource_id,
+            version,
+            resource,
+            context,
+            method="PUT" if replace else "POST",
+            owner=None,
+            replace=replace,
+            source=False,
+        )
 
     async def _conditional_match(
         self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
@@ -388,7 +457,7 @@ class RecordService:
         query = parse_qsl(criteria.lstrip("?").split("?", 1)[-1], keep_blank_values=True)
         if not query:
             raise bad_request("conditional criteria are empty")
-        request = self.parser.parse(resource_type, query, strict=True)
+        request = self._parse(resource_type, query, strict=True)
         request.count = 2
         # Serialise concurrent conditional writes of the same criteria: no duplicate on replay.
         await uow.resources.advisory_lock(f"{resource_type}?{sorted(query)}")
@@ -407,7 +476,7 @@ class RecordService:
     ) -> SearchResult:
         check_type(resource_type)
         policy.require(principal, resource_type, SEARCH)
-        request = self.parser.parse(resource_type, query, strict)
+        request = self._parse(resource_type, query, strict)
         if resource_type == "AuditEvent":
             return await self._search_audit_log(uow, request)
         access = policy.read_filter(principal)
@@ -423,7 +492,15 @@ class RecordService:
         result.included = await self._includes(uow, request, page.rows, access)
         for stored in page.rows + result.included:
             self.note(uow, stored)
+        page.rows = [self.present(principal, r) for r in page.rows]
+        result.included = [self.present(principal, r) for r in result.included]
         return result
+
+    def _parse(
+        self, resource_type: str, query: list[tuple[str, str]], strict: bool
+    ) -> SearchRequest:
+        """Parse a search; protected identifier values are searched by their keyed hash."""
+        return self.protection.rewrite_search(self.parser.parse(resource_type, query, strict))
 
     async def _search_audit_log(self, uow: UnitOfWork, request: SearchRequest) -> SearchResult:
         """AuditEvents are the audit log itself, searched on its own columns."""
@@ -513,6 +590,7 @@ class RecordService:
         )
         for stored in page.rows:
             self.note(uow, stored)  # entities and their patients, for the audit record
+        page.rows = [self.present(principal, r) for r in page.rows]
         return page
 
     # -- $everything ----------------------------------------------------------------------------
@@ -556,8 +634,10 @@ class RecordService:
         count = _count(query, default_count, self.parser.max_count)
         cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
         date_params = list(CLINICAL_DATES.items())
+        # The patient is the person: every hospital's record linked with this one.
+        group = await self.identity.group(uow, patient.resource_id)
         page = await uow.resources.compartment(
-            patient.resource_id,
+            group,
             self.compartment_members,
             types,
             since,
@@ -575,14 +655,15 @@ class RecordService:
             referenced = [
                 r
                 for r in referenced
-                if r.resource_type in types and not self._of_other_patients(r, patient_id)
+                if r.resource_type in types and not self._of_other_patients(r, set(group))
             ]
         for stored in page.rows + referenced:
             self.note(uow, stored)
-        return page, referenced
+        page.rows = [self.present(principal, r) for r in page.rows]
+        return page, [self.present(principal, r) for r in referenced]
 
-    def _of_other_patients(self, stored: StoredResource, patient_id: str) -> bool:
-        """True when ``stored`` is about patients, none of them ``patient_id``.
+    def _of_other_patients(self, stored: StoredResource, person: set[str]) -> bool:
+        """True when ``stored`` is about patients, none of them the records of ``person``.
 
         ``$everything`` includes what the record references (organizations, practitioners),
         but never another patient's data that a resource happens to cite.
@@ -595,7 +676,7 @@ class RecordService:
                     target_type, target_id, _ = split_reference(value["reference"])
                     if target_type == "Patient" and target_id:
                         named.add(target_id)
-        return bool(named) and patient_id not in named
+        return bool(named) and not (named & person)
 
     # -- audit bookkeeping ----------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class KindRules:
     writes: frozenset[str]
     owned_only: frozenset[str] = frozenset()  # of these types, only rows it owns
     default_scopes: str = "system/*.rs"
+    # Protected identifier values (ID card numbers...) in full, or masked (3301**********123X).
+    identifiers_in_full: bool = False
+    # Patient identity operations: $match and $ihe-pix (find), link decisions (manage).
+    identity: frozenset[str] = frozenset()
 
 
 RULES: dict[ClientKind, KindRules] = {
@@ -50,14 +54,19 @@ RULES: dict[ClientKind, KindRules] = {
         writes=HOSPITAL_WRITES,
         owned_only=HOSPITAL_WRITES,
         default_scopes="system/*.cruds",
+        identifiers_in_full=True,  # it reads only the records it sent
     ),
-    ClientKind.DOCTOR: KindRules(reads=CLINICAL | DIRECTORY, writes=frozenset()),
+    ClientKind.DOCTOR: KindRules(
+        reads=CLINICAL | DIRECTORY, writes=frozenset(), identity=frozenset({"find"})
+    ),
     # Consultants read nothing until a consultation grants access (a later issue).
     ClientKind.CONSULTANT: KindRules(reads=frozenset(), writes=frozenset()),
     ClientKind.ADMIN: KindRules(
         reads=CLINICAL | DIRECTORY | AUDIT,
         writes=CLINICAL | DIRECTORY,
         default_scopes="system/*.cruds",
+        identifiers_in_full=True,
+        identity=frozenset({"find", "manage"}),
     ),
 }
 
@@ -158,3 +167,22 @@ def organizations_named(resource: dict[str, Any]) -> list[str]:
             if target_type == "Organization" and target_id:
                 found.append(target_id)
     return found
+
+
+def identifiers_in_full(principal: Principal) -> bool:
+    """Whether protected identifier values are shown to this principal unmasked."""
+    return rules(principal).identifiers_in_full
+
+
+def require_identity(principal: Principal, action: str) -> None:
+    """403 unless the principal may ``find`` patients across hospitals or ``manage`` links."""
+    if action not in rules(principal).identity:
+        what = "find patients across hospitals" if action == "find" else "manage patient links"
+        raise forbidden(f"a {principal.kind} client may not {what}")
+    if action == "find":
+        require(principal, "Patient", scopes.SEARCH)
+
+
+def assigning_organization(principal: Principal) -> str | None:
+    """The hospital whose own identifier systems a principal's Patients use."""
+    return principal.organization if principal.kind == ClientKind.HOSPITAL else None

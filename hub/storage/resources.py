@@ -485,7 +485,7 @@ class ResourceRepository:
 
     async def compartment(
         self,
-        patient_id: str,
+        patient_ids: list[str],
         members: list[tuple[str, str]],
         types: list[str],
         since: datetime | None,
@@ -495,18 +495,21 @@ class ResourceRepository:
         cursor: Cursor | None,
         access: AccessFilter,
     ) -> Page:
-        """A patient and every resource in their compartment, paged by pk."""
+        """Patients and every resource in their compartments, paged by pk.
+
+        ``patient_ids`` are the records of one person (a master and its sources).
+        """
         sql = Sql()
         member_types, member_params = zip(*members, strict=True) if members else ((), ())
-        pid = sql.add(patient_id)
+        ids = sql.add(patient_ids)
         where = [
             "NOT r.deleted",
             f"r.res_type = ANY({sql.add(types)}::text[])",
-            f"((r.res_type = 'Patient' AND r.res_id = {pid}) OR r.pk IN (SELECT x.pk FROM "
-            f"idx_reference x JOIN unnest({sql.add(list(member_types))}::text[], "
+            f"((r.res_type = 'Patient' AND r.res_id = ANY({ids}::text[])) OR r.pk IN (SELECT x.pk "
+            f"FROM idx_reference x JOIN unnest({sql.add(list(member_types))}::text[], "
             f"{sql.add(list(member_params))}::text[]) AS m(t, p) "
             f"ON x.res_type = m.t AND x.param = m.p "
-            f"WHERE x.target_type = 'Patient' AND x.target_id = {pid}))",
+            f"WHERE x.target_type = 'Patient' AND x.target_id = ANY({ids}::text[])))",
             access.sql(sql, "r"),
         ]
         if since:

@@ -112,17 +112,37 @@ class SearchCompiler:
         return f"{alias}.pk {negate}IN ({head} AND ({alternatives}))"
 
     def _chain(self, sql: Sql, criterion: Criterion, alias: str) -> str:
+        """Resources referring to a target that meets the chained criterion.
+
+        A chain through Patient matches the person, not one record: a reference to any Patient
+        linked (through its master) with a Patient that meets the criterion. So
+        ``Observation?patient.identifier=X`` finds results filed under every hospital's record
+        of the person with identifier X.
+        """
         assert criterion.chain is not None
         param = criterion.param
-        inner = self.criterion(sql, criterion.chain, "t")
-        return (
-            f"{alias}.pk IN (SELECT x.pk FROM idx_reference x JOIN resource t "
-            f"ON t.res_type = x.target_type AND t.res_id = x.target_id "
-            f"WHERE x.res_type = {sql.add(param.resource_type)} "
-            f"AND x.param = {sql.add(param.code)} "
-            f"AND x.target_type = ANY({sql.add(list(criterion.chain_types))}::text[]) "
-            f"AND NOT t.deleted AND {inner})"
+        head = (
+            f"SELECT x.pk FROM idx_reference x WHERE x.res_type = {sql.add(param.resource_type)} "
+            f"AND x.param = {sql.add(param.code)}"
         )
+        others = [t for t in criterion.chain_types if t != "Patient"]
+        alternatives = []
+        if len(others) < len(criterion.chain_types):
+            inner = self.criterion(sql, criterion.chain, "t")
+            alternatives.append(
+                "x.target_type = 'Patient' AND x.target_id IN (SELECT patient_group(ARRAY("
+                "SELECT t.res_id FROM resource t WHERE t.res_type = 'Patient' AND NOT t.deleted "
+                f"AND {inner})))"
+            )
+        if others:
+            inner = self.criterion(sql, criterion.chain, "t")
+            alternatives.append(
+                f"x.target_type = ANY({sql.add(others)}::text[]) AND EXISTS (SELECT 1 FROM "
+                "resource t WHERE t.res_type = x.target_type AND t.res_id = x.target_id "
+                f"AND NOT t.deleted AND {inner})"
+            )
+        either = " OR ".join(f"({a})" for a in alternatives)
+        return f"{alias}.pk IN ({head} AND ({either}))"
 
     def _column(self, sql: Sql, criterion: Criterion, alias: str) -> str:
         column = f"{alias}.{criterion.param.column}"
@@ -174,7 +194,11 @@ class SearchCompiler:
             assert isinstance(value, ReferenceValue)
             if value.url is not None:
                 return f"x.url = {sql.add(value.url)}"
-            parts = [f"x.target_id = {sql.add(value.resource_id)}"]
+            target = sql.add(value.resource_id)
+            parts = [f"x.target_id = {target}"]
+            if value.resource_type in (None, "Patient") and "Patient" in param.targets:
+                # A patient is the person: every record linked with this one (see _chain).
+                parts = [f"x.target_id IN (SELECT patient_group(ARRAY[{target}]::text[]))"]
             if value.resource_type:
                 parts.append(f"x.target_type = {sql.add(value.resource_type)}")
             return "(" + " AND ".join(parts) + ")"
