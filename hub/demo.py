@@ -25,13 +25,15 @@ from hub.storage.database import resolve_database_url
 from hub.storage.migrate import upgrade
 
 HOSPITAL_SYSTEM = "https://yijian.example/hospital"
+RESIDENT_ID = "https://yijian-hub.org/fhir/sid/resident-id"
 
 
 @dataclass(frozen=True)
 class DemoHospital:
     code: str
     name: str
-    patients: tuple[tuple[str, str, str, str, str], ...]  # mrn, family, given, gender, birth
+    # mrn, family, given, gender, birth date, resident ID ("" if the hospital has none)
+    patients: tuple[tuple[str, str, str, str, str, str], ...]
 
 
 HOSPITALS = (
@@ -39,22 +41,27 @@ HOSPITALS = (
         "DEMO-H1",
         "演示市第一人民医院 (Demo City No.1 People's Hospital)",
         (
-            ("A1001", "王", "芳", "female", "1986-03-14"),
-            ("A1002", "李", "建国", "male", "1958-10-01"),
+            ("A1001", "王", "芳", "female", "1986-03-14", "330102198603140020"),
+            ("A1002", "李", "建国", "male", "1958-10-01", "330106195810010116"),
         ),
     ),
     DemoHospital(
         "DEMO-H2",
         "演示大学附属第二医院 (Demo University Second Hospital)",
         (
-            ("B2001", "王", "芳", "female", "1986-03-14"),
-            ("B2002", "陈", "晓明", "male", "1992-07-22"),
+            # the same 王芳 as at hospital 1 (same ID number): linked to one master patient
+            ("B2001", "王", "芳", "female", "1986-03-14", "330102198603140020"),
+            ("B2002", "陈", "晓明", "male", "1992-07-22", "330105199207220313"),
         ),
     ),
     DemoHospital(
         "DEMO-H3",
         "演示县人民医院 (Demo County People's Hospital)",
-        (("C3001", "赵", "丽", "female", "1975-12-05"),),
+        (
+            ("C3001", "赵", "丽", "female", "1975-12-05", "330110197512050447"),
+            # 陈晓明 again, without his ID and with a homophone (小/晓): a review for an operator
+            ("C3002", "陈", "小明", "male", "1992-07-22", ""),
+        ),
     ),
 )
 
@@ -183,15 +190,18 @@ async def _load(base: str, credentials: dict[str, dict[str, str]]) -> int:
 
 
 def _patient_bundle(hospital: DemoHospital, org: str, patient: tuple[str, ...]) -> dict[str, Any]:
-    mrn, family, given, gender, birth = patient
-    mrn_system = f"https://yijian.example/mrn/{hospital.code}"
+    mrn, family, given, gender, birth, resident_id = patient
+    mrn_system = f"https://yijian-hub.org/fhir/sid/org/{org}/mrn"
+    identifiers = [{"system": mrn_system, "value": mrn}]
+    if resident_id:
+        identifiers.append({"system": RESIDENT_ID, "value": resident_id})
     patient_url = f"urn:uuid:patient-{hospital.code}-{mrn}"
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": patient_url,
             "resource": {
                 "resourceType": "Patient",
-                "identifier": [{"system": mrn_system, "value": mrn}],
+                "identifier": identifiers,
                 "name": [{"family": family, "given": [given], "text": family + given}],
                 "gender": gender,
                 "birthDate": birth,
@@ -327,6 +337,11 @@ def _print_banner(base: str, credentials: dict[str, dict[str, str]], loaded: int
         "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
         f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/Observation?'
         "code=http://loinc.org|718-7&_include=Observation:subject&_pretty=true'",
+        "  # 王芳 is at hospitals 1 and 2 with one ID number: one master patient, both results",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/Observation?'
+        f"patient.identifier={RESIDENT_ID}|330102198603140020&_pretty=true'",
+        "  # 陈小明 (hospital 3, no ID) may be 陈晓明 (hospital 2): waiting for an operator",
+        "  yijian identity reviews",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -56,9 +56,20 @@ def test_demo_serves_demo_data_with_the_printed_credentials_and_stops_cleanly() 
             headers={"Authorization": f"Bearer {token}"},
         ).json()
         matches = [e for e in found["entry"] if e["search"]["mode"] == "match"]
-        assert len(matches) == 5  # one haemoglobin per demo patient, from three hospitals
+        assert len(matches) == 6  # one haemoglobin per demo patient, from three hospitals
         performers = {e["resource"]["performer"][0]["reference"] for e in matches}
         assert len(performers) == 3
+        # 王芳 is at hospitals 1 and 2 with one ID number: a search by it finds both results.
+        same_person = httpx.get(
+            f"{base}/fhir/Observation",
+            params={
+                "code": "http://loinc.org|718-7",
+                "patient.identifier": "https://yijian-hub.org/fhir/sid/resident-id|"
+                "330102198603140020",
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        assert len(same_person["entry"]) == 2
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

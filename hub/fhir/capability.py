@@ -71,7 +71,15 @@ def capability_statement(registry: SearchParamRegistry, base: str) -> dict[str, 
                 {
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                }
+                },
+                {
+                    "name": "match",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                },
+                {
+                    "name": "ihe-pix",
+                    "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                },
             ]
         resources.append(entry)
     return {

@@ -121,10 +121,12 @@ class IdentityRepository:
 
         Keys are locked in sorted order, so two writers never wait on each other in a cycle.
         """
-        for key in sorted(set(keys)):
-            await self.connection.execute(
-                "SELECT pg_advisory_xact_lock($1, $2)", 0x1D, zlib.crc32(key.encode()) - 2**31
-            )
+        if not keys:
+            return
+        await self.connection.execute(
+            "SELECT pg_advisory_xact_lock(29, k) FROM unnest($1::int[]) AS k ORDER BY k",
+            sorted({zlib.crc32(key.encode()) - 2**31 for key in keys}),
+        )
 
     # -- masters ------------------------------------------------------------------------------
 
@@ -162,6 +164,16 @@ class IdentityRepository:
             f"SELECT {_LINK} FROM patient_link WHERE source_id = $1", source_id
         )
         return _link(row) if row else None
+
+    async def sources_of_master(self, master_id: str) -> list[tuple[str, str]]:
+        """``(id, stored content)`` of a master's live sources, most recently updated first."""
+        rows = await self.connection.fetch(
+            "SELECT r.res_id, r.content FROM patient_link l JOIN resource r "
+            "ON r.res_type = 'Patient' AND r.res_id = l.source_id AND NOT r.deleted "
+            "WHERE l.master_id = $1 ORDER BY r.last_updated DESC, r.res_id",
+            master_id,
+        )
+        return [(r["res_id"], r["content"]) for r in rows]
 
     async def links_of_master(self, master_id: str) -> list[Link]:
         rows = await self.connection.fetch(

@@ -190,7 +190,8 @@ class IdentityService:
         if link is not None and link.manual:  # an operator's decision stands
             await self._compose(uow, link.master_id, context)
             return
-        decision = await self._decide(repo, features, source_id)
+        # Only a record seen before can have had reviews dismissed.
+        decision = await self._decide(repo, features, source_id if link else None)
         affected: set[str] = set()
         moved = link is None or decision.master_id != link.master_id
         if decision.master_id is not None and moved:
@@ -221,7 +222,12 @@ class IdentityService:
                 False,
             )
             await self._relink(repo, new, link, "new-master" if link is None else "unlink")
-            affected |= {master_id} | ({link.master_id} if link else set())
+            if link is None:  # a new person: the master is this record alone
+                await self._write_master(
+                    uow, master_id, None, self._master_body(master_id, [(source_id, body)]), context
+                )
+            else:
+                affected |= {master_id, link.master_id}
         else:
             assert link is not None
             affected.add(link.master_id)
@@ -387,16 +393,11 @@ class IdentityService:
         """Rewrite the master from its sources (no new version when nothing changed)."""
         assert self.writer is not None, "the record service binds a writer"
         repo = IdentityRepository(uow.connection)
-        links = await repo.links_of_master(master_id)
-        status = await repo.master_status(master_id)
         current = await uow.resources.current("Patient", master_id, lock=True)
-        if links:
-            rows = await uow.connection.fetch(
-                "SELECT res_id, content FROM resource WHERE res_type = 'Patient' "
-                "AND res_id = ANY($1::text[]) AND NOT deleted ORDER BY last_updated DESC, res_id",
-                [link.source_id for link in links],
-            )
-            sources = [(r["res_id"], orjson.loads(r["content"])) for r in rows]
+        status = await repo.master_status(master_id)
+        rows = await repo.sources_of_master(master_id)
+        if rows:
+            sources = [(source_id, orjson.loads(content)) for source_id, content in rows]
             body = self._master_body(master_id, sources)
             if status and status[0] != "active":
                 await repo.set_master_status(master_id, "active")
@@ -410,6 +411,18 @@ class IdentityService:
             else:
                 await repo.set_master_status(master_id, "retired")
             await repo.supersede_reviews_of_master(master_id, "rule:master-retired")
+        await self._write_master(uow, master_id, current, body, context)
+
+    async def _write_master(
+        self,
+        uow: UnitOfWork,
+        master_id: str,
+        current: StoredResource | None,
+        body: dict[str, Any],
+        context: WriteContext,
+    ) -> None:
+        """Store a new version of a master, unless it says what the current one says."""
+        assert self.writer is not None, "the record service binds a writer"
         body["meta"] = {"tag": [MASTER_TAG]}
         if current is not None and current.content is not None:
             previous = self.protection.reveal(orjson.loads(current.content), full=True)
