@@ -399,15 +399,17 @@ def _identity_decision(interaction: str, decide: Callable[[Any, Any, str], Await
 
 @identity.command("reviews")
 @click.option("--status", default="open", show_default=True)
+@click.option("--limit", default=100, show_default=True, help="at most this many")
+@click.option("--after", default=0, help="only reviews with a larger id (paging)")
 @click.option("--json", "as_json", is_flag=True)
-def identity_reviews(status: str, as_json: bool) -> None:
-    """Probable and possible matches waiting for an operator."""
+def identity_reviews(status: str, limit: int, after: int, as_json: bool) -> None:
+    """Probable and possible matches waiting for an operator, oldest first."""
 
     async def work(admin: _Admin) -> Any:
         from hub.records.unit_of_work import unit_of_work
 
         async with unit_of_work(admin.hub.database, transaction=False) as uow:
-            return await admin.hub.identity.reviews(uow, status, 1000, 0)
+            return await admin.hub.identity.reviews(uow, status, limit, after)
 
     found = _admin_command(work)
     if as_json:

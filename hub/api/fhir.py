@@ -54,7 +54,7 @@ def redacted_query(hub: Hub, pairs: list[tuple[str, str]]) -> str | None:
         return None
     out = []
     for key, value in pairs:
-        if "identifier" in key or key.startswith("_cursor"):
+        if "identifier" in key.lower() or key.startswith("_cursor"):
             digest = hmac.new(hub.audit.key, value.encode(), hashlib.sha256).hexdigest()[:16]
             value = f"hmac:{digest}"
         out.append((key, value))

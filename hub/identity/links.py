@@ -93,6 +93,7 @@ class Review:
         }
 
 
+PER_KEY = 50  # candidates read per blocking key
 _LINK = "source_id, master_id, organization, grade, score, decided_by, manual, decided_at"
 _REVIEW = (
     "id, source_id, master_id, grade, score, details, status, created_at, resolved_at, "
@@ -234,26 +235,31 @@ class IdentityRepository:
 
     async def by_id_keys(self, id_keys: list[str], exclude: str | None) -> list[Candidate]:
         """Linked sources sharing any deterministic identifier (keyed hashes)."""
-        return await self._candidates("f.id_keys && $1::text[]", id_keys, exclude, 100)
+        return await self._candidates("id_keys", id_keys, exclude, PER_KEY)
 
     async def by_block_keys(
-        self, block_keys: list[str], exclude: str | None, limit: int
+        self, block_keys: list[str], exclude: str | None, per_key: int = PER_KEY
     ) -> list[Candidate]:
-        return await self._candidates("f.block_keys && $1::text[]", block_keys, exclude, limit)
+        """Linked sources sharing a blocking key, at most ``per_key`` per key: a crowded key
+        (a hospital switchboard's phone number) cannot crowd out the others."""
+        return await self._candidates("block_keys", block_keys, exclude, per_key)
 
     async def _candidates(
-        self, condition: str, keys: list[str], exclude: str | None, limit: int
+        self, column: str, keys: list[str], exclude: str | None, per_key: int
     ) -> list[Candidate]:
         if not keys:
             return []
         rows = await self.connection.fetch(
-            "SELECT f.source_id, l.master_id, f.organization, f.demographics, f.id_keys "
-            "FROM identity_features f JOIN patient_link l ON l.source_id = f.source_id "
-            f"WHERE {condition} AND f.source_id IS DISTINCT FROM $2 "
-            "ORDER BY l.decided_at LIMIT $3",
+            "SELECT DISTINCT ON (f.source_id) f.source_id, l.master_id, f.organization, "
+            "f.demographics, f.id_keys FROM unnest($1::text[]) AS k(key) "
+            f"CROSS JOIN LATERAL (SELECT c.source_id FROM identity_features c "
+            f"WHERE c.{column} @> ARRAY[k.key] AND c.source_id IS DISTINCT FROM $2 "
+            "LIMIT $3) AS hit "
+            "JOIN identity_features f ON f.source_id = hit.source_id "
+            "JOIN patient_link l ON l.source_id = f.source_id",
             keys,
             exclude,
-            limit,
+            per_key,
         )
         return [
             Candidate(
@@ -316,8 +322,14 @@ class IdentityRepository:
             orjson.dumps(details or {}).decode(),
         )
         if undoes is not None:
+            # Undoing an undo (a redo) puts the first event back in force.
             await self.connection.execute(
-                "UPDATE identity_event SET undone_by = $1 WHERE id = $2", event_id, undoes
+                "WITH target AS (UPDATE identity_event SET undone_by = $1 WHERE id = $2 "
+                "RETURNING action, undoes) "
+                "UPDATE identity_event SET undone_by = NULL FROM target "
+                "WHERE target.action = 'undo' AND identity_event.id = target.undoes",
+                event_id,
+                undoes,
             )
         return event_id
 
@@ -344,10 +356,13 @@ class IdentityRepository:
         return [_event(r) for r in rows]
 
     async def later_events(self, event_id: int, source_ids: list[str]) -> list[int]:
-        """Events after ``event_id`` that changed any of these sources' links."""
+        """Events after ``event_id`` still in force that changed any of these sources' links.
+
+        An event that was undone, and the undo of a later event, cancel out.
+        """
         rows = await self.connection.fetch(
             "SELECT id FROM identity_event WHERE id > $1 AND undone_by IS NULL "
-            "AND action <> 'review' AND action <> 'dismiss' AND "
+            "AND action <> 'dismiss' AND NOT (action = 'undo' AND undoes > $1) AND "
             "(source_id = ANY($2::text[]) OR details->'sources' ?| $2::text[])",
             event_id,
             source_ids,

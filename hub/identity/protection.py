@@ -27,11 +27,12 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hub.fhir.indexing import IndexRows
@@ -181,22 +182,35 @@ class IdentifierProtection:
     # -- resources --------------------------------------------------------------------------------
 
     def seal(self, resource: dict[str, Any]) -> dict[str, Any]:
-        """A copy of ``resource`` whose protected identifier values are envelopes.
+        """A copy of ``resource`` whose protected identifier values are envelopes, wherever
+        an Identifier sits (the resource's own, a reference's, a contained resource's).
 
         Values must already be normalised (``IdentifierSystems.normalize``).
         """
-        identifiers = resource.get("identifier")
-        if not isinstance(identifiers, list) or not any(
-            _protected_plain(i, self.protected) for i in identifiers
-        ):
+        if not self.mentions_protected(resource):
             return resource
-        sealed = [
-            {**i, "value": self.encrypt(i["system"], i["value"])}
-            if _protected_plain(i, self.protected)
-            else i
-            for i in identifiers
-        ]
-        return {**resource, "identifier": sealed}
+        return transform_identifiers(
+            resource,
+            lambda i: (
+                {**i, "value": self.encrypt(i["system"], i["value"])}
+                if _protected_plain(i, self.protected)
+                else i
+            ),
+        )
+
+    def mentions_protected(self, resource: dict[str, Any]) -> bool:
+        """A cheap test (one serialisation, substring checks) before walking a resource."""
+        return self._mentions(orjson.dumps(resource))
+
+    def _mentions(self, text: bytes) -> bool:
+        return any(uri.encode() in text for uri in self.protected)
+
+    def sealed_json(self, resource: dict[str, Any]) -> str:
+        """The resource as stored: JSON text with protected values sealed."""
+        text = orjson.dumps(resource)
+        if self._mentions(text):
+            text = orjson.dumps(self.seal(resource))
+        return text.decode()
 
     def protect_rows(self, rows: IndexRows) -> None:
         """Replace protected values in token rows by their keyed hash (before storing)."""
@@ -211,21 +225,15 @@ class IdentifierProtection:
 
     def reveal(self, resource: dict[str, Any], full: bool) -> dict[str, Any]:
         """A copy with envelopes opened: the value in full, or masked for display."""
-        identifiers = resource.get("identifier")
-        if not isinstance(identifiers, list):
-            return resource
-        opened = []
-        for identifier in identifiers:
-            value = identifier.get("value") if isinstance(identifier, dict) else None
-            system = identifier.get("system") if isinstance(identifier, dict) else None
+
+        def open_(identifier: dict[str, Any]) -> dict[str, Any]:
+            system, value = identifier.get("system"), identifier.get("value")
             if system in self.protected and isinstance(value, str) and value.startswith(ENVELOPE):
                 plain = self.decrypt(system, value)
-                identifier = {
-                    **identifier,
-                    "value": plain if full else self.systems.mask(system, plain),
-                }
-            opened.append(identifier)
-        return {**resource, "identifier": opened}
+                return {**identifier, "value": plain if full else self.systems.mask(system, plain)}
+            return identifier
+
+        return transform_identifiers(resource, open_)
 
     def plain_identifiers(self, resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
         """``(system, value)`` of every identifier, envelopes opened."""
@@ -270,6 +278,45 @@ class IdentifierProtection:
             return self.systems.normalize(system, value)
         except InvalidIdentifier:
             return value.strip()  # cannot be stored, so it finds nothing
+
+
+def transform_identifiers(
+    resource: dict[str, Any], change: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """A copy of ``resource`` with ``change`` applied to every Identifier in it.
+
+    Identifiers are the objects under an ``identifier`` key (a list of them, or one, as in
+    ``Reference.identifier``), at any depth; everything else is copied only where needed.
+    """
+
+    def walk(value: Any, under_identifier: bool) -> Any:
+        if isinstance(value, dict):
+            if under_identifier:
+                return change(value)
+            return {k: walk(v, k == "identifier") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, under_identifier) for v in value]
+        return value
+
+    result: dict[str, Any] = walk(resource, False)
+    return result
+
+
+def identifier_paths(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(FHIRPath, Identifier)`` of every Identifier in a resource, for error messages."""
+
+    def walk(value: Any, path: str, under_identifier: bool) -> Iterator[tuple[str, Any]]:
+        if isinstance(value, dict):
+            if under_identifier:
+                yield path, value
+                return
+            for key, item in value.items():
+                yield from walk(item, f"{path}.{key}", key == "identifier")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from walk(item, f"{path}[{index}]", under_identifier)
+
+    yield from walk(resource, str(resource.get("resourceType", "Resource")), False)
 
 
 def _protected_plain(identifier: Any, protected: frozenset[str]) -> bool:

@@ -37,18 +37,23 @@ from hub.identity.identifiers import (
 )
 from hub.identity.links import Candidate, IdentityRepository, Link, Review
 from hub.identity.matching import Demographics, MatchRules, MatchScore, Scorer, demographics_of
-from hub.identity.protection import ENVELOPE, IdentifierProtection
+from hub.identity.protection import (
+    ENVELOPE,
+    IdentifierProtection,
+    identifier_paths,
+    transform_identifiers,
+)
 from hub.records.unit_of_work import UnitOfWork
 from hub.storage.resources import StoredResource, WriteContext
 
 MDM_SYSTEM = "https://yijian-hub.org/fhir/CodeSystem/mdm"
 MASTER_TAG = {"system": MDM_SYSTEM, "code": "master", "display": "主索引患者 Master patient"}
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
-CANDIDATE_LIMIT = 200  # candidates scored per write; blocking keys keep the real number small
 MAX_REVIEWS = 5  # reviews opened per write, for the best-scoring masters
 _ORG_SYSTEM = re.compile(r"^https://yijian-hub\.org/fhir/sid/org/([^/]+)/[a-z]+$")
 # identifier values quoted in error messages (tokens of 6+ letters and digits, with a digit)
 _LONG_TOKEN = re.compile(r"\b(?=[0-9A-Za-z]*[0-9])[0-9A-Za-z]{6,}\b")
+NEW_MASTER = "rule:new-master"
 UNDOABLE = frozenset({"link", "relink", "unlink", "merge", "undo"})
 
 
@@ -111,49 +116,52 @@ class IdentityService:
     def normalize(self, resource: dict[str, Any], organization: str | None) -> dict[str, Any]:
         """Identifiers with canonical systems and values; 422 for a value that is not valid.
 
-        An identifier typed MRN/outpatient/inpatient without a system gets the writing
+        Every Identifier in the resource is checked (its own, a reference's, a contained
+        resource's). One typed MRN/outpatient/inpatient without a system gets the writing
         hospital's own system; a hospital may not use another hospital's systems.
         """
-        identifiers = resource.get("identifier")
-        if not isinstance(identifiers, list):
+        found = list(identifier_paths(resource))
+        if not found:
             return resource
-        resource_type = resource.get("resourceType", "Resource")
-        out = []
-        for index, identifier in enumerate(identifiers):
-            if not isinstance(identifier, dict):
-                out.append(identifier)  # validation reports the shape
-                continue
-            where = [f"{resource_type}.identifier[{index}]"]
-            system, value = identifier.get("system"), identifier.get("value")
-            if system is None and organization and (kind := organization_kind_of(identifier)):
-                system = self.systems.organization_system(organization, kind)
-            if isinstance(system, str):
-                system = self.systems.canonical(system)
-                owner = _ORG_SYSTEM.match(system)
-                if owner and organization and owner.group(1) != organization:
-                    raise unprocessable(
-                        f"identifier system {system} belongs to Organization/{owner.group(1)}; "
-                        f"a hospital assigns identifiers only in its own systems",
-                        [where[0] + ".system"],
-                    )
-            if isinstance(value, str):
-                if value.startswith(ENVELOPE):
-                    raise unprocessable(
-                        f"identifier value may not start with {ENVELOPE!r}", [where[0] + ".value"]
-                    )
-                try:
-                    value = self.systems.normalize(system, value)
-                except InvalidIdentifier as error:
-                    # The message goes to the audit log too: never the number in full.
-                    message = self._masked_message(system, str(error))
-                    raise unprocessable(message, [where[0] + ".value"]) from None
-            updated = dict(identifier)
-            if system is not None:
-                updated["system"] = system
-            if value is not None:
-                updated["value"] = value
-            out.append(updated)
-        return {**resource, "identifier": out}
+        replacements: dict[int, dict[str, Any]] = {}
+        for path, identifier in found:
+            replacements[id(identifier)] = self._normalized(path, identifier, organization)
+        return transform_identifiers(resource, lambda i: replacements.get(id(i), i))
+
+    def _normalized(
+        self, path: str, identifier: dict[str, Any], organization: str | None
+    ) -> dict[str, Any]:
+        system, value = identifier.get("system"), identifier.get("value")
+        if system is None and organization and (kind := organization_kind_of(identifier)):
+            system = self.systems.organization_system(organization, kind)
+        if isinstance(system, str):
+            system = self.systems.canonical(system)
+            owner = _ORG_SYSTEM.match(system)
+            if owner and organization and owner.group(1) != organization:
+                raise unprocessable(
+                    f"identifier system {system} belongs to Organization/{owner.group(1)}; "
+                    f"a hospital assigns identifiers only in its own systems",
+                    [path + ".system"],
+                )
+        if isinstance(value, str):
+            if value.startswith(ENVELOPE):
+                raise unprocessable(
+                    f"identifier value may not start with {ENVELOPE!r}", [path + ".value"]
+                )
+            try:
+                value = self.systems.normalize(system, value)
+            except InvalidIdentifier as error:
+                # The message goes to the audit log too: never the number in full.
+                message = self._masked_message(system, str(error))
+                raise unprocessable(message, [path + ".value"]) from None
+        if system == identifier.get("system") and value == identifier.get("value"):
+            return identifier
+        updated = dict(identifier)
+        if system is not None:
+            updated["system"] = system
+        if value is not None:
+            updated["value"] = value
+        return updated
 
     def _masked_message(self, system: str | None, message: str) -> str:
         return _LONG_TOKEN.sub(lambda m: self.systems.mask(system, m.group()), message)
@@ -207,10 +215,11 @@ class IdentityService:
             await self._relink(repo, new, link, "link" if link is None else "relink")
             affected |= {new.master_id} | ({link.master_id} if link else set())
         elif decision.master_id is None and (
-            link is None or len(await repo.links_of_master(link.master_id)) > 1
+            link is None or (link.decided_by != NEW_MASTER and await self._others_in(repo, link))
         ):
-            # No certain match: a master of its own (for a linked source, the basis of its
-            # link is gone, e.g. a corrected ID number).
+            # No certain match: a master of its own. For a record that joined its master by a
+            # rule, the basis of that link is gone (e.g. a corrected ID number); a record that
+            # founded its master stays, whoever joined it since.
             master_id = await self._new_master(repo)
             new = Link(
                 source_id,
@@ -218,7 +227,7 @@ class IdentityService:
                 stored.owner_org,
                 "certain",
                 None,
-                "rule:new-master",
+                NEW_MASTER,
                 False,
             )
             await self._relink(repo, new, link, "new-master" if link is None else "unlink")
@@ -233,6 +242,10 @@ class IdentityService:
             affected.add(link.master_id)
         final_link = await repo.link_of(source_id)
         final = final_link.master_id if final_link else None
+        if final is not None:  # a pending question about this pair is answered
+            await repo.resolve_reviews(
+                "linked", decision.decided_by, None, source_id=source_id, master_id=final
+            )
         for master_id, grade, score in decision.reviews[:MAX_REVIEWS]:
             if master_id != final:
                 await repo.open_review(source_id, master_id, grade, score.score, _explain(score))
@@ -287,7 +300,7 @@ class IdentityService:
             ]
             if found:
                 return self._deterministic(features, found)
-        candidates = await repo.by_block_keys(features.block_keys, source_id, CANDIDATE_LIMIT)
+        candidates = await repo.by_block_keys(features.block_keys, source_id)
         best = self._best_per_master(features, candidates, dismissed)
         decision = Decision(None, None, "rule:probabilistic")
         for master_id, score in best:
@@ -355,7 +368,7 @@ class IdentityService:
                 results[decision.master_id] = MatchResult(
                     decision.master_id, "certain", 1.0, {"identifier": "exact"}
                 )
-        candidates = await repo.by_block_keys(features.block_keys, None, CANDIDATE_LIMIT)
+        candidates = await repo.by_block_keys(features.block_keys, None)
         for master_id, score in self._best_per_master(features, candidates, set()):
             if master_id not in results and score.grade is not None:
                 results[master_id] = MatchResult(
@@ -365,6 +378,10 @@ class IdentityService:
         return ranked[:count]
 
     # -- masters --------------------------------------------------------------------------------
+
+    async def _others_in(self, repo: IdentityRepository, link: Link) -> bool:
+        """Whether the source's master has other sources."""
+        return len(await repo.links_of_master(link.master_id)) > 1
 
     async def _new_master(self, repo: IdentityRepository) -> str:
         master_id = str(uuid.uuid4())
@@ -681,7 +698,7 @@ class IdentityService:
         try:
             value = self.systems.normalize(system, value)
         except InvalidIdentifier as error:
-            raise bad_request(str(error)) from None
+            raise bad_request(self._masked_message(system, str(error))) from None
         code = self.protection.hash(system, value) if system in self.protection.protected else value
         rows = await uow.connection.fetch(
             "SELECT r.res_id FROM idx_token x JOIN resource r ON r.pk = x.pk "

@@ -399,7 +399,7 @@ class RecordService:
         if uow.in_transaction:  # checked at commit: they may be created later in the Bundle
             uow.references |= references
             references = set()
-        content = orjson.dumps(self.protection.seal(body)).decode()
+        content = self.protection.sealed_json(body)
         written = await uow.resources.write(
             resource_type,
             resource_id,

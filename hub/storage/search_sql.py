@@ -125,7 +125,8 @@ class SearchCompiler:
             f"SELECT x.pk FROM idx_reference x WHERE x.res_type = {sql.add(param.resource_type)} "
             f"AND x.param = {sql.add(param.code)}"
         )
-        others = [t for t in criterion.chain_types if t != "Patient"]
+        person = param.resource_type != "Patient"  # Patient.link names records, not people
+        others = [t for t in criterion.chain_types if t != "Patient" or not person]
         alternatives = []
         if len(others) < len(criterion.chain_types):
             inner = self.criterion(sql, criterion.chain, "t")
@@ -196,7 +197,11 @@ class SearchCompiler:
                 return f"x.url = {sql.add(value.url)}"
             target = sql.add(value.resource_id)
             parts = [f"x.target_id = {target}"]
-            if value.resource_type in (None, "Patient") and "Patient" in param.targets:
+            if (
+                value.resource_type in (None, "Patient")
+                and "Patient" in param.targets
+                and param.resource_type != "Patient"  # Patient.link names records, not people
+            ):
                 # A patient is the person: every record linked with this one (see _chain).
                 parts = [f"x.target_id IN (SELECT patient_group(ARRAY[{target}]::text[]))"]
             if value.resource_type:
