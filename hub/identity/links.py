@@ -117,18 +117,6 @@ class IdentityRepository:
     def __init__(self, connection: asyncpg.Connection):
         self.connection = connection
 
-    async def lock(self, keys: list[str]) -> None:
-        """Serialise matching of records that could be one person (until the transaction ends).
-
-        Keys are locked in sorted order, so two writers never wait on each other in a cycle.
-        """
-        if not keys:
-            return
-        await self.connection.execute(
-            "SELECT pg_advisory_xact_lock(29, k) FROM unnest($1::int[]) AS k ORDER BY k",
-            sorted({zlib.crc32(key.encode()) - 2**31 for key in keys}),
-        )
-
     # -- masters ------------------------------------------------------------------------------
 
     async def add_master(self, master_id: str) -> None:
@@ -183,6 +171,39 @@ class IdentityRepository:
         )
         return [_link(r) for r in rows]
 
+    async def new_link(
+        self, link: Link, new_master: bool, action: str, previous: Link | None
+    ) -> int:
+        """Store a rule's link decision (creating its master if ``new_master``) and the event
+        recording it, in one round trip; returns the event id."""
+        event_id: int = await self.connection.fetchval(
+            "WITH m AS (INSERT INTO patient_master (master_id) SELECT $2 WHERE $8), "
+            "l AS (INSERT INTO patient_link (source_id, master_id, organization, grade, score, "
+            "decided_by, manual, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) "
+            "ON CONFLICT (source_id) DO UPDATE SET master_id = $2, organization = $3, "
+            "grade = $4, score = $5, decided_by = $6, manual = $7, decided_at = now()) "
+            "INSERT INTO identity_event (action, decided_by, source_id, master_id, "
+            "previous_master_id, grade, score, details) VALUES ($9, $6, $1, $2, $10, $4, $5, "
+            "$11::jsonb) RETURNING id",
+            link.source_id,
+            link.master_id,
+            link.organization,
+            link.grade,
+            link.score,
+            link.decided_by,
+            link.manual,
+            new_master,
+            action,
+            previous.master_id if previous else None,
+            orjson.dumps(
+                {
+                    "sources": [link.source_id],
+                    "before": {link.source_id: previous.snapshot() if previous else None},
+                }
+            ).decode(),
+        )
+        return event_id
+
     async def save_link(self, link: Link) -> None:
         await self.connection.execute(
             "INSERT INTO patient_link (source_id, master_id, organization, grade, score, "
@@ -208,87 +229,82 @@ class IdentityRepository:
 
     # -- features and candidates --------------------------------------------------------------
 
-    async def save_features(
+    async def record_features(
         self,
         source_id: str,
         organization: str | None,
         demographics: dict[str, Any],
         block_keys: list[str],
         id_keys: list[str],
-    ) -> None:
-        await self.connection.execute(
-            "INSERT INTO identity_features (source_id, organization, demographics, block_keys, "
-            "id_keys) VALUES ($1, $2, $3::jsonb, $4, $5) ON CONFLICT (source_id) DO UPDATE SET "
-            "organization = $2, demographics = $3::jsonb, block_keys = $4, id_keys = $5, "
-            "updated_at = now()",
+        lock_keys: list[str],
+    ) -> Link | None:
+        """Lock the keys, store a source's features, and return its link: one round trip,
+        as this runs on every Patient write.
+
+        The advisory locks (sorted, so two writers never wait on each other in a cycle)
+        serialise the matching of records that could be one person until the transaction ends.
+        """
+        row = await self.connection.fetchrow(
+            "WITH locked AS (SELECT count(pg_advisory_xact_lock(29, k)) AS n "
+            "FROM (SELECT k FROM unnest($6::int[]) AS k ORDER BY k) AS s), "
+            "f AS (INSERT INTO identity_features (source_id, organization, demographics, "
+            "block_keys, id_keys) VALUES ($1, $2, $3::jsonb, $4, $5) ON CONFLICT (source_id) "
+            "DO UPDATE SET organization = $2, demographics = $3::jsonb, block_keys = $4, "
+            "id_keys = $5, updated_at = now() RETURNING source_id) "
+            "SELECT locked.n, f.source_id AS stored, l.* FROM locked, f "
+            "LEFT JOIN patient_link l ON l.source_id = f.source_id",
             source_id,
             organization,
             orjson.dumps(demographics).decode(),
             block_keys,
             id_keys,
+            sorted({zlib.crc32(key.encode()) - 2**31 for key in lock_keys}),
         )
+        if row is None or row["master_id"] is None:
+            return None
+        return Link(**{k: row[k] for k in _LINK.split(", ")})
 
     async def remove_features(self, source_id: str) -> None:
         await self.connection.execute(
             "DELETE FROM identity_features WHERE source_id = $1", source_id
         )
 
-    async def by_id_keys(self, id_keys: list[str], exclude: str | None) -> list[Candidate]:
-        """Linked sources sharing any deterministic identifier (keyed hashes)."""
-        return await self._candidates("id_keys", id_keys, exclude, PER_KEY)
-
-    async def by_block_keys(
-        self, block_keys: list[str], exclude: str | None, per_key: int = PER_KEY
-    ) -> list[Candidate]:
-        """Linked sources sharing a blocking key, at most ``per_key`` per key: a crowded key
-        (a hospital switchboard's phone number) cannot crowd out the others."""
-        return await self._candidates("block_keys", block_keys, exclude, per_key)
-
-    async def _candidates(
-        self, column: str, keys: list[str], exclude: str | None, per_key: int
-    ) -> list[Candidate]:
-        if not keys:
-            return []
+    async def candidates(
+        self, id_keys: list[str], block_keys: list[str], exclude: str | None
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """Sources sharing a deterministic identifier, and sources sharing a blocking key,
+        in one round trip. At most ``PER_KEY`` per key: a crowded key (a hospital
+        switchboard's phone number) cannot crowd out the others."""
         rows = await self.connection.fetch(
-            "SELECT DISTINCT ON (f.source_id) f.source_id, l.master_id, f.organization, "
-            "f.demographics, f.id_keys FROM unnest($1::text[]) AS k(key) "
-            f"CROSS JOIN LATERAL (SELECT c.source_id FROM identity_features c "
-            f"WHERE c.{column} @> ARRAY[k.key] AND c.source_id IS DISTINCT FROM $2 "
-            "LIMIT $3) AS hit "
+            "SELECT DISTINCT ON (hit.kind, f.source_id) hit.kind, f.source_id, l.master_id, "
+            "f.organization, f.demographics, f.id_keys FROM ("
+            "SELECT 'id' AS kind, c.source_id FROM unnest($1::text[]) AS k(key) "
+            "CROSS JOIN LATERAL (SELECT x.source_id FROM identity_features x "
+            "WHERE x.id_keys @> ARRAY[k.key] AND x.source_id IS DISTINCT FROM $3 LIMIT $4) AS c "
+            "UNION ALL "
+            "SELECT 'block', c.source_id FROM unnest($2::text[]) AS k(key) "
+            "CROSS JOIN LATERAL (SELECT x.source_id FROM identity_features x "
+            "WHERE x.block_keys @> ARRAY[k.key] AND x.source_id IS DISTINCT FROM $3 LIMIT $4) "
+            "AS c) AS hit "
             "JOIN identity_features f ON f.source_id = hit.source_id "
             "JOIN patient_link l ON l.source_id = f.source_id",
-            keys,
+            id_keys,
+            block_keys,
             exclude,
-            per_key,
+            PER_KEY,
         )
-        return [
-            Candidate(
-                r["source_id"],
-                r["master_id"],
-                r["organization"],
-                _json(r["demographics"]),
-                list(r["id_keys"]),
+        found: dict[str, list[Candidate]] = {"id": [], "block": []}
+        for r in rows:
+            found[r["kind"]].append(
+                Candidate(
+                    r["source_id"],
+                    r["master_id"],
+                    r["organization"],
+                    _json(r["demographics"]),
+                    list(r["id_keys"]),
+                )
             )
-            for r in rows
-        ]
-
-    async def features_of_master(self, master_id: str) -> list[Candidate]:
-        rows = await self.connection.fetch(
-            "SELECT f.source_id, l.master_id, f.organization, f.demographics, f.id_keys "
-            "FROM identity_features f JOIN patient_link l ON l.source_id = f.source_id "
-            "WHERE l.master_id = $1",
-            master_id,
-        )
-        return [
-            Candidate(
-                r["source_id"],
-                r["master_id"],
-                r["organization"],
-                _json(r["demographics"]),
-                list(r["id_keys"]),
-            )
-            for r in rows
-        ]
+        return found["id"], found["block"]
 
     # -- events -------------------------------------------------------------------------------
 

@@ -186,15 +186,14 @@ class IdentityService:
         repo = IdentityRepository(uow.connection)
         source_id = stored.resource_id
         features = self.features(body)
-        await repo.lock(features.id_keys + features.block_keys[:1])
-        await repo.save_features(
+        link = await repo.record_features(
             source_id,
             stored.owner_org,
             features.demographics.to_json(),
             features.block_keys,
             features.id_keys,
+            features.id_keys + features.block_keys[:1],
         )
-        link = await repo.link_of(source_id)
         if link is not None and link.manual:  # an operator's decision stands
             await self._compose(uow, link.master_id, context)
             return
@@ -212,15 +211,16 @@ class IdentityService:
                 decision.decided_by,
                 False,
             )
-            await self._relink(repo, new, link, "link" if link is None else "relink")
+            await repo.new_link(new, False, "link" if link is None else "relink", link)
             affected |= {new.master_id} | ({link.master_id} if link else set())
+            final = new.master_id
         elif decision.master_id is None and (
             link is None or (link.decided_by != NEW_MASTER and await self._others_in(repo, link))
         ):
             # No certain match: a master of its own. For a record that joined its master by a
             # rule, the basis of that link is gone (e.g. a corrected ID number); a record that
             # founded its master stays, whoever joined it since.
-            master_id = await self._new_master(repo)
+            master_id = str(uuid.uuid4())
             new = Link(
                 source_id,
                 master_id,
@@ -230,7 +230,8 @@ class IdentityService:
                 NEW_MASTER,
                 False,
             )
-            await self._relink(repo, new, link, "new-master" if link is None else "unlink")
+            await repo.new_link(new, True, "new-master" if link is None else "unlink", link)
+            final = master_id
             if link is None:  # a new person: the master is this record alone
                 await self._write_master(
                     uow, master_id, None, self._master_body(master_id, [(source_id, body)]), context
@@ -240,9 +241,8 @@ class IdentityService:
         else:
             assert link is not None
             affected.add(link.master_id)
-        final_link = await repo.link_of(source_id)
-        final = final_link.master_id if final_link else None
-        if final is not None:  # a pending question about this pair is answered
+            final = link.master_id
+        if link is not None:  # a pending question about this pair is answered
             await repo.resolve_reviews(
                 "linked", decision.decided_by, None, source_id=source_id, master_id=final
             )
@@ -292,16 +292,11 @@ class IdentityService:
         self, repo: IdentityRepository, features: Features, source_id: str | None
     ) -> Decision:
         dismissed = await repo.dismissed_masters(source_id) if source_id else set()
-        if features.id_keys:
-            found = [
-                c
-                for c in await repo.by_id_keys(features.id_keys, source_id)
-                if c.master_id not in dismissed
-            ]
-            if found:
-                return self._deterministic(features, found)
-        candidates = await repo.by_block_keys(features.block_keys, source_id)
-        best = self._best_per_master(features, candidates, dismissed)
+        by_id, by_block = await repo.candidates(features.id_keys, features.block_keys, source_id)
+        found = [c for c in by_id if c.master_id not in dismissed]
+        if found:
+            return self._deterministic(features, found)
+        best = self._best_per_master(features, by_block, dismissed)
         decision = Decision(None, None, "rule:probabilistic")
         for master_id, score in best:
             if score.grade == "certain" and decision.master_id is None:
@@ -362,14 +357,14 @@ class IdentityService:
             )
         repo = IdentityRepository(uow.connection)
         results: dict[str, MatchResult] = {}
-        if features.id_keys:
-            decision = self._deterministic(features, await repo.by_id_keys(features.id_keys, None))
+        by_id, by_block = await repo.candidates(features.id_keys, features.block_keys, None)
+        if by_id:
+            decision = self._deterministic(features, by_id)
             if decision.master_id:
                 results[decision.master_id] = MatchResult(
                     decision.master_id, "certain", 1.0, {"identifier": "exact"}
                 )
-        candidates = await repo.by_block_keys(features.block_keys, None)
-        for master_id, score in self._best_per_master(features, candidates, set()):
+        for master_id, score in self._best_per_master(features, by_block, set()):
             if master_id not in results and score.grade is not None:
                 results[master_id] = MatchResult(
                     master_id, score.grade, round(score.probability, 4), _explain(score)
@@ -387,24 +382,6 @@ class IdentityService:
         master_id = str(uuid.uuid4())
         await repo.add_master(master_id)
         return master_id
-
-    async def _relink(
-        self, repo: IdentityRepository, new: Link, old: Link | None, action: str
-    ) -> int:
-        await repo.save_link(new)
-        return await repo.add_event(
-            action,
-            new.decided_by,
-            source_id=new.source_id,
-            master_id=new.master_id,
-            previous_master_id=old.master_id if old else None,
-            grade=new.grade,
-            score=new.score,
-            details={
-                "sources": [new.source_id],
-                "before": {new.source_id: old.snapshot() if old else None},
-            },
-        )
 
     async def _compose(self, uow: UnitOfWork, master_id: str, context: WriteContext) -> None:
         """Rewrite the master from its sources (no new version when nothing changed)."""

@@ -45,8 +45,11 @@ CREATE TABLE identity_features (
     id_keys       text[]      NOT NULL,
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX identity_features_blocks ON identity_features USING gin (block_keys);
-CREATE INDEX identity_features_ids ON identity_features USING gin (id_keys);
+-- fastupdate off: a pending list would be scanned by every candidate lookup as it grows.
+CREATE INDEX identity_features_blocks ON identity_features USING gin (block_keys)
+    WITH (fastupdate = off);
+CREATE INDEX identity_features_ids ON identity_features USING gin (id_keys)
+    WITH (fastupdate = off);
 
 -- Every link decision, automatic or by an operator; an undo is itself an event.
 CREATE TABLE identity_event (
