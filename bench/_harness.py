@@ -157,11 +157,24 @@ def parse_json_output(text: str) -> dict[str, Any]:
 
 @dataclass
 class OwnHub:
-    """A hub started by the benchmark, with its own database, removed afterwards."""
+    """A hub started by the benchmark, with its own database, removed afterwards.
+
+    ``start()`` is ``prepare()`` (database, migrations, an organization and an admin client)
+    then ``serve()``; a benchmark that loads data first calls them apart, with
+    ``add_organization``/``add_client`` and ``env`` (the hub's environment) in between.
+
+    ``database_url`` reuses an existing database instead of creating a fresh one (it is then
+    never dropped); ``data_dir`` is the hub's ``YIJIAN_DATA_DIR`` (its keys: signing keys and
+    the identifier encryption and hash keys, which must stay with the data they sealed),
+    by default a temporary directory; ``keep`` leaves both behind at ``stop()``.
+    """
 
     workers: int
     port: int
     pg_admin_url: str
+    database_url: str | None = None
+    data_dir: Path | None = None
+    keep: bool = False
     base_url: str = ""
     client_id: str = ""
     client_secret: str = ""
@@ -171,6 +184,12 @@ class OwnHub:
     _dropdb: str | None = None
     _server: subprocess.Popen[bytes] | None = None
     _env: dict[str, str] = field(default_factory=dict)
+    _yijian: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the hub's commands and server run with (``YIJIAN_*`` included)."""
+        return dict(self._env)
 
     def _run(self, yijian: Path, *args: str, timeout: float = 300.0) -> str:
         cmd = [str(yijian), *args]
@@ -186,11 +205,21 @@ class OwnHub:
 
     def start(self) -> None:
         """Prepare a database, register a hospital and an admin client, start the server."""
-        yijian = find_yijian()
+        self.prepare()
+        self.serve()
+
+    def prepare(self, admin_client: bool = True) -> None:
+        """Database (fresh, given or configured), migrations, and unless ``admin_client`` is
+        False an organization with an admin client (``client_id``/``client_secret``)."""
+        yijian = self._yijian = find_yijian()
         self._tmp = Path(tempfile.mkdtemp(prefix="yijian-bench-"))
         env = dict(os.environ)
         env.setdefault("YIJIAN_LOG_LEVEL", "WARNING")  # no per-request logging in a benchmark
-        if env.get("YIJIAN_DATABASE_URL"):
+        if self.database_url:
+            env["YIJIAN_DATABASE_URL"] = self.database_url
+            self.database = f"{_without_password(self.database_url)} (given; kept)"
+        elif env.get("YIJIAN_DATABASE_URL"):
+            self.database_url = env["YIJIAN_DATABASE_URL"]
             self.database = "YIJIAN_DATABASE_URL (as configured)"
         else:
             admin = urlsplit(self.pg_admin_url)
@@ -198,52 +227,74 @@ class OwnHub:
                 name = f"yijian_bench_{secrets.token_hex(4)}"
                 admin_sql(self.pg_admin_url, f'CREATE DATABASE "{name}"')
                 self._dropdb = name
-                env["YIJIAN_DATABASE_URL"] = with_database(self.pg_admin_url, name)
+                self.database_url = with_database(self.pg_admin_url, name)
+                env["YIJIAN_DATABASE_URL"] = self.database_url
                 self.database = (
                     f"PostgreSQL at {admin.hostname}:{admin.port or 5432}, "
-                    f"fresh database {name} (dropped afterwards)"
+                    f"fresh database {name} ({'kept' if self.keep else 'dropped afterwards'})"
                 )
             else:
                 env.pop("YIJIAN_DATABASE_URL", None)
-                env["YIJIAN_DATA_DIR"] = str(self._tmp / "data")
-                self.database = f"embedded PostgreSQL under {env['YIJIAN_DATA_DIR']}"
+                if self.data_dir is None:
+                    self.data_dir = self._tmp / "data"
+                self.database = f"embedded PostgreSQL under {self.data_dir}"
+        # The hub's keys live in DATA_DIR/keys: a given or configured directory, else a fresh
+        # one for this run (never the working directory's var/ of some earlier hub).
+        if self.data_dir is not None:
+            env["YIJIAN_DATA_DIR"] = str(self.data_dir)
+        elif env.get("YIJIAN_DATA_DIR"):
+            self.data_dir = Path(env["YIJIAN_DATA_DIR"])
+        else:
+            self.data_dir = self._tmp / "data"
+            env["YIJIAN_DATA_DIR"] = str(self.data_dir)
         self._env = env
 
         self._run(yijian, "db", "upgrade")
+        if admin_client:
+            org = self.add_organization(
+                "基准测试医院", f"{BENCH_SYSTEM}/org|BENCH-{secrets.token_hex(4)}"
+            )
+            self.client_id, self.client_secret = self.add_client("admin", org, "bench-crud")
+
+    def add_organization(self, name: str, identifier: str) -> str:
+        """Register an organization (``yijian orgs add``; the same identifier gives the same
+        one again); returns its id."""
+        assert self._yijian is not None, "prepare() first"
         org = parse_json_output(
             self._run(
-                yijian,
-                "orgs",
-                "add",
-                "--name",
-                "基准测试医院",
-                "--identifier",
-                f"{BENCH_SYSTEM}/org|BENCH-{secrets.token_hex(4)}",
-                "--json",
+                self._yijian, "orgs", "add", "--name", name, "--identifier", identifier, "--json"
             )
         )
+        return str(org["id"])
+
+    def add_client(self, kind: str, organization: str, name: str) -> tuple[str, str]:
+        """Register an API client (``yijian clients add``); returns (client_id, secret)."""
+        assert self._yijian is not None, "prepare() first"
         client = parse_json_output(
             self._run(
-                yijian,
+                self._yijian,
                 "clients",
                 "add",
                 "--kind",
-                "admin",
+                kind,
                 "--organization",
-                str(org["id"]),
+                organization,
                 "--name",
-                "bench-crud",
+                name,
                 "--json",
             )
         )
-        self.client_id, self.client_secret = client["client_id"], client["client_secret"]
+        return str(client["client_id"]), str(client["client_secret"])
 
+    def serve(self) -> None:
+        """Start ``yijian serve`` and wait until it answers."""
+        assert self._yijian is not None and self._tmp is not None, "prepare() first"
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = self._tmp / "server.log"
         with open(self.log_path, "wb") as log:
             self._server = subprocess.Popen(
                 [
-                    str(yijian),
+                    str(self._yijian),
                     "serve",
                     "--host",
                     "127.0.0.1",
@@ -252,7 +303,7 @@ class OwnHub:
                     "--workers",
                     str(self.workers),
                 ],
-                env=env,
+                env=self._env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -299,7 +350,8 @@ class OwnHub:
         return len(hits), "\n".join(lines[first : first + 30])
 
     def stop(self) -> None:
-        """Stop the server (its whole process group), drop the database, remove temp files."""
+        """Stop the server (its whole process group); unless ``keep``, drop the database
+        and remove the temporary files."""
         if self._server is not None and self._server.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._server.pid, signal.SIGTERM)
@@ -309,6 +361,8 @@ class OwnHub:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._server.pid, signal.SIGKILL)
                 self._server.wait(timeout=10)
+        if self.keep:
+            return
         if self._dropdb:
             try:
                 admin_sql(
@@ -320,3 +374,12 @@ class OwnHub:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for printing)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -19,10 +19,11 @@ async def reencrypt(connection: asyncpg.Connection, protection: IdentifierProtec
     """Re-seal every value not sealed with the current key; returns the rows rewritten."""
     current = f"{ENVELOPE}{protection.keys.current}:"
     rewritten = 0
-    for table, key in (("resource", "pk"), ("resource_version", "pk, version_id")):
+    for table, key in (("resource", "pk, version_id"), ("resource_version", "pk, version_id")):
         last: tuple[int, ...] = (0, 0) if table == "resource_version" else (0,)
+        versioned = table == "resource_version"
         while True:
-            keyset = "(pk, version_id) > ($1, $2)" if len(last) == 2 else "pk > $1"
+            keyset = "(pk, version_id) > ($1, $2)" if versioned else "pk > $1"
             rows = await connection.fetch(
                 f"SELECT {key}, content FROM {table} WHERE content LIKE '%\"enc1:%' "
                 f"AND {keyset} ORDER BY {key} LIMIT {BATCH}",
@@ -38,17 +39,20 @@ async def reencrypt(connection: asyncpg.Connection, protection: IdentifierProtec
                     resource = orjson.loads(content)
                     opened = protection.reveal(resource, full=True)
                     sealed = orjson.dumps(protection.seal(opened)).decode()
-                    if len(last) == 2:
+                    if versioned:
                         await connection.execute(
                             f"UPDATE {table} SET content = $3 WHERE pk = $1 AND version_id = $2",
                             row["pk"],
                             row["version_id"],
                             sealed,
                         )
-                    else:
+                    else:  # only if no write came in between (it is sealed with the new key)
                         await connection.execute(
-                            f"UPDATE {table} SET content = $2 WHERE pk = $1", row["pk"], sealed
+                            f"UPDATE {table} SET content = $3 WHERE pk = $1 AND version_id = $2",
+                            row["pk"],
+                            row["version_id"],
+                            sealed,
                         )
                     rewritten += 1
-            last = (rows[-1]["pk"], rows[-1]["version_id"]) if len(last) == 2 else (rows[-1]["pk"],)
+            last = (rows[-1]["pk"], rows[-1]["version_id"]) if versioned else (rows[-1]["pk"],)
     return rewritten

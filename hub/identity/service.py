@@ -51,9 +51,12 @@ MASTER_TAG = {"system": MDM_SYSTEM, "code": "master", "display": "主索引患�
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 MAX_REVIEWS = 5  # reviews opened per write, for the best-scoring masters
 _ORG_SYSTEM = re.compile(r"^https://yijian-hub\.org/fhir/sid/org/([^/]+)/[a-z]+$")
-# identifier values quoted in error messages (tokens of 6+ letters and digits, with a digit)
-_LONG_TOKEN = re.compile(r"\b(?=[0-9A-Za-z]*[0-9])[0-9A-Za-z]{6,}\b")
+# identifier values quoted in error messages (runs of 4+ letters and digits, with a digit)
+# (ASCII boundaries: a Chinese character next to a number is no word boundary for \b)
+_LONG_TOKEN = re.compile(r"(?<![0-9A-Za-z])(?=[0-9A-Za-z]*[0-9])[0-9A-Za-z]{4,}(?![0-9A-Za-z])")
 NEW_MASTER = "rule:new-master"
+# v2-0203 NNCHN: the national person identifier of China, i.e. the resident ID card number
+NATIONAL_ID_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "NNCHN")
 UNDOABLE = frozenset({"link", "relink", "unlink", "merge", "undo"})
 
 
@@ -134,6 +137,8 @@ class IdentityService:
         system, value = identifier.get("system"), identifier.get("value")
         if system is None and organization and (kind := organization_kind_of(identifier)):
             system = self.systems.organization_system(organization, kind)
+        if system is None and _typed(identifier, NATIONAL_ID_TYPE):
+            system = self.systems.by_key("resident-id").uri
         if isinstance(system, str):
             system = self.systems.canonical(system)
             owner = _ORG_SYSTEM.match(system)
@@ -215,11 +220,11 @@ class IdentityService:
             affected |= {new.master_id} | ({link.master_id} if link else set())
             final = new.master_id
         elif decision.master_id is None and (
-            link is None or (link.decided_by != NEW_MASTER and await self._others_in(repo, link))
+            link is None or await self._joined_by_rule(repo, link)
         ):
-            # No certain match: a master of its own. For a record that joined its master by a
-            # rule, the basis of that link is gone (e.g. a corrected ID number); a record that
-            # founded its master stays, whoever joined it since.
+            # No certain match: a master of its own. For a linked record, what tied it to the
+            # others a rule linked with it is gone (e.g. a corrected ID number): it leaves
+            # them. Records an operator put with it keep it (their decision was about it).
             master_id = str(uuid.uuid4())
             new = Link(
                 source_id,
@@ -374,9 +379,14 @@ class IdentityService:
 
     # -- masters --------------------------------------------------------------------------------
 
-    async def _others_in(self, repo: IdentityRepository, link: Link) -> bool:
-        """Whether the source's master has other sources."""
-        return len(await repo.links_of_master(link.master_id)) > 1
+    async def _joined_by_rule(self, repo: IdentityRepository, link: Link) -> bool:
+        """Whether the source's master has other sources that a rule (not an operator) put
+        there."""
+        return any(
+            not other.manual
+            for other in await repo.links_of_master(link.master_id)
+            if other.source_id != link.source_id
+        )
 
     async def _new_master(self, repo: IdentityRepository) -> str:
         master_id = str(uuid.uuid4())
@@ -549,8 +559,8 @@ class IdentityService:
                 "linked", actor, reason, source_id=source_id, master_id=into_id
             )
         context = WriteContext(actor, None, None)
-        await self._compose(uow, into_id, context)
-        await self._compose(uow, from_id, context)
+        for master_id in sorted({into_id, from_id}):  # the order every writer locks masters in
+            await self._compose(uow, master_id, context)
         return event
 
     async def undo(self, uow: UnitOfWork, event_id: int, actor: str, reason: str | None) -> int:
@@ -564,7 +574,7 @@ class IdentityService:
                 409, "conflict", f"event {event_id} was already undone by {event['undone_by']}"
             )
         before: dict[str, Any] = event["details"].get("before") or {}
-        if event["action"] not in UNDOABLE or any(v is None for v in before.values()):
+        if event["action"] not in UNDOABLE or not before:
             raise bad_request(f"a {event['action']!r} event cannot be undone")
         sources = list(before)
         later = await repo.later_events(event_id, sources)
@@ -582,6 +592,8 @@ class IdentityService:
             if current is None:
                 raise FhirError(409, "conflict", f"Patient/{source_id} no longer has a link")
             now[source_id] = current.snapshot()
+            if snapshot is None:  # a first link: the record gets a master of its own
+                snapshot = {**current.snapshot(), "master_id": await self._new_master(repo)}
             restored = Link.restore(source_id, snapshot)
             if await repo.master_status(restored.master_id) is None:
                 await repo.add_master(restored.master_id)
@@ -739,3 +751,24 @@ def _unique(items: Iterable[Any]) -> list[Any]:
         if item not in out:
             out.append(item)
     return out
+
+
+def _typed(identifier: dict[str, Any], coding: tuple[str, str]) -> bool:
+    kind = identifier.get("type")
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    return isinstance(codings, list) and any(
+        isinstance(c, dict) and (c.get("system"), c.get("code")) == coding for c in codings
+    )
+
+
+def without_master_tag(resource: dict[str, Any]) -> dict[str, Any]:
+    """A source may not pass itself off as a master: the hub's mdm tags are removed."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    if not isinstance(tags, list) or not any(
+        isinstance(t, dict) and t.get("system") == MDM_SYSTEM for t in tags
+    ):
+        return resource
+    assert isinstance(meta, dict)
+    kept = [t for t in tags if not (isinstance(t, dict) and t.get("system") == MDM_SYSTEM)]
+    return {**resource, "meta": {**meta, "tag": kept}}

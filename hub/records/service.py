@@ -24,6 +24,7 @@ from hub.fhir.paths import CompiledPath, compile_expression
 from hub.fhir.search import Cursor, SearchParser, SearchRequest
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 from hub.identity.protection import IdentifierProtection
+from hub.identity.service import without_master_tag
 from hub.records.unit_of_work import UnitOfWork, unknown_references
 from hub.security import policy
 from hub.security.audit_events import AuditEventView
@@ -193,6 +194,8 @@ class RecordService:
     ) -> dict[str, Any]:
         """Identifiers normalised (422 for an invalid ID number), then validated."""
         resource = self.identity.normalize(resource, policy.assigning_organization(principal))
+        if resource_type == "Patient":
+            resource = without_master_tag(resource)
         validation.validate(resource, resource_type)
         return resource
 

@@ -72,6 +72,15 @@ async def unit_of_work(database: Database, *, transaction: bool) -> AsyncIterato
                 await database_transaction.rollback()
                 raise
             await database_transaction.commit()
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
+        # Two writers about the same people at once; PostgreSQL undid one of them whole.
+        raise FhirError(
+            503,
+            "transient",
+            f"a concurrent change to the same records interfered ({type(error).__name__}); "
+            "nothing was stored: retry",
+            headers={"Retry-After": "1"},
+        ) from None
     except asyncpg.DataError as error:
         raise FhirError(
             400,

@@ -130,10 +130,18 @@ class SearchCompiler:
         alternatives = []
         if len(others) < len(criterion.chain_types):
             inner = self.criterion(sql, criterion.chain, "t")
+            # patient_group() as joins on the set itself: a broad criterion (every patient of
+            # a hospital) stays a hash join instead of an array compared row by row.
             alternatives.append(
-                "x.target_type = 'Patient' AND x.target_id IN (SELECT patient_group(ARRAY("
-                "SELECT t.res_id FROM resource t WHERE t.res_type = 'Patient' AND NOT t.deleted "
-                f"AND {inner})))"
+                "x.target_type = 'Patient' AND x.target_id IN (WITH hit AS (SELECT t.res_id AS id "
+                "FROM resource t WHERE t.res_type = 'Patient' AND NOT t.deleted "
+                f"AND {inner}), masters AS (SELECT id AS master_id FROM hit UNION "
+                "SELECT l.master_id FROM patient_link l JOIN hit ON l.source_id = hit.id), "
+                "live AS (SELECT master_id FROM masters UNION SELECT m.merged_into FROM "
+                "patient_master m JOIN masters ON m.master_id = masters.master_id "
+                "WHERE m.merged_into IS NOT NULL) "
+                "SELECT id FROM hit UNION SELECT master_id FROM live UNION "
+                "SELECT s.source_id FROM patient_link s JOIN live ON s.master_id = live.master_id)"
             )
         if others:
             inner = self.criterion(sql, criterion.chain, "t")
