@@ -132,3 +132,20 @@ def test_a_source_cannot_pass_itself_off_as_a_master(hospital_a: Client, doctor:
     stored = hospital_a.get(f"/Patient/{a}").json()
     assert not [t for t in stored["meta"].get("tag", []) if t.get("system") == MDM]
     assert master_of(doctor, a)["id"] != a
+
+
+def test_search_links_carry_the_keyed_hash_not_the_number(
+    hospital_a: Client, doctor: Client
+) -> None:
+    """Bundle links echo the query: for an ID number, its hash, which pages as well."""
+    someone = person(fresh_people())
+    a = create(hospital_a, source(someone, hospital_a.organization))
+    first = doctor.get(
+        "/Patient", params={"identifier": f"{RESIDENT}|{someone.resident_id}", "_count": "1"}
+    ).json()
+    links = {link["relation"]: link["url"] for link in first["link"]}
+    assert someone.resident_id not in str(first["link"])
+    assert "h1%3A" in links["self"] or "h1:" in links["self"]
+    second = doctor.get(links["next"]).json()
+    found = {e["resource"]["id"] for page in (first, second) for e in page["entry"]}
+    assert found == {a, master_of(doctor, a)["id"]}

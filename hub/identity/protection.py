@@ -247,9 +247,22 @@ class IdentifierProtection:
     # -- search -----------------------------------------------------------------------------------
 
     def rewrite_search(self, request: SearchRequest) -> SearchRequest:
-        """Token criteria on protected systems search the keyed hash of the normalised value."""
+        """Token criteria on protected systems search the keyed hash of the normalised value,
+        and the query echoed in the Bundle's links carries that hash, not the number."""
         request.criteria = [self._criterion(c) for c in request.criteria]
+        request.used = [(key, self._echoed(value)) for key, value in request.used]
         return request
+
+    def _echoed(self, value: str) -> str:
+        """``system|number`` of a protected system as ``system|h1:...`` (searchable as is)."""
+        parts = []
+        for item in value.split(","):
+            system, bar, code = item.rpartition("|")
+            canonical = self.systems.canonical(system) if bar else ""
+            if canonical in self.protected and code and not code.startswith(HASH):
+                item = f"{system}|{self.hash(canonical, self._normalized(canonical, code))}"
+            parts.append(item)
+        return ",".join(parts)
 
     def _criterion(self, criterion: Criterion) -> Criterion:
         if criterion.chain is not None:
@@ -266,6 +279,8 @@ class IdentifierProtection:
             system = self.systems.canonical(value.system)
             if system not in self.protected:
                 return [value if system == value.system else replace(value, system=system)]
+            if value.code.startswith(HASH):  # from a Bundle link: hashed already
+                return [TokenValue(system, value.code)]
             return [TokenValue(system, self.hash(system, self._normalized(system, value.code)))]
         # No system: the plain value in unprotected systems, or its hash in any protected one.
         out: list[Any] = [value]
