@@ -11,6 +11,7 @@ from tests.identity_support import (
     MDM,
     RESIDENT,
     V2_0203,
+    admin_get,
     create,
     decide,
     events_of,
@@ -149,3 +150,26 @@ def test_search_links_carry_the_keyed_hash_not_the_number(
     second = doctor.get(links["next"]).json()
     found = {e["resource"]["id"] for page in (first, second) for e in page["entry"]}
     assert found == {a, master_of(doctor, a)["id"]}
+
+
+def test_reading_the_review_queue_is_audited_with_its_patients(
+    hub: HubUnderTest, admin: Client, hospital_a: Client, hospital_b: Client, doctor: Client
+) -> None:
+    pair = typo_pair(hospital_a, hospital_b, doctor)
+    after = 0
+    while True:  # page through the queue (the whole suite leaves many reviews open)
+        listed = admin_get(hub, admin, "reviews", limit=1000, after=after)
+        assert listed.status_code == 200, listed.text
+        page = listed.json()
+        if not page or any(r["source"] == f"Patient/{pair.b}" for r in page):
+            break
+        after = page[-1]["id"]
+    rows = query(
+        hub,
+        "SELECT patients FROM audit_log WHERE interaction = 'identity-reviews' "
+        "AND client_id = $1 AND $2 = ANY(patients)",
+        admin.client_id,
+        f"Patient/{pair.b}",
+    )
+    assert rows, "the review list read is not in the audit log"
+    assert admin_get(hub, doctor, "reviews").status_code == 403

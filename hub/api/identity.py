@@ -180,6 +180,11 @@ class DismissRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=1000)
 
 
+def _patients_in(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> set[str]:
+    """``Patient/id`` of every patient named in these rows, for the audit record."""
+    return {f"Patient/{row[k]}" for row in rows for k in keys if row.get(k)}
+
+
 def _actor(principal: Principal) -> str:
     policy.require_identity(principal, "manage")
     return f"client:{principal.client_id}"
@@ -254,8 +259,12 @@ async def events(
 ) -> JSONResponse:
     _actor(principal)
     hub = get_hub(request)
-    async with unit_of_work(hub.database, transaction=False) as uow:
+    async with (
+        audited(request, principal, "identity-events", "R") as audit,
+        unit_of_work(hub.database, transaction=False) as uow,
+    ):
         found = await hub.identity.events(uow, _patient_id(patient) if patient else None, limit)
+        audit.patients |= _patients_in(found, ("source_id", "master_id", "previous_master_id"))
     return JSONResponse(found)
 
 
@@ -269,9 +278,13 @@ async def reviews(
 ) -> JSONResponse:
     _actor(principal)
     hub = get_hub(request)
-    async with unit_of_work(hub.database, transaction=False) as uow:
-        found = await hub.identity.reviews(uow, status, limit, after)
-    return JSONResponse([r.to_json() for r in found])
+    async with (
+        audited(request, principal, "identity-reviews", "R") as audit,
+        unit_of_work(hub.database, transaction=False) as uow,
+    ):
+        listed = [r.to_json() for r in await hub.identity.reviews(uow, status, limit, after)]
+        audit.patients |= {r[k] for r in listed for k in ("source", "master")}
+    return JSONResponse(listed)
 
 
 @router.post("/reviews/{review_id}/dismiss")
