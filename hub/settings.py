@@ -33,6 +33,9 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=20, description="connections kept per process")
     db_pool_overflow: int = Field(default=0, description="extra connections, closed after use")
+    db_statement_timeout_ms: int = Field(
+        default=30_000, description="PostgreSQL cancels a statement running longer (0: never)"
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="413 above this")
     token_lifetime_seconds: int = 3600
     token_issuer: str = "yijian-hub"

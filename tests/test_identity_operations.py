@@ -419,7 +419,26 @@ def test_ihe_pix_cross_references_the_person(
     assert identifiers == set()  # only the source identifier is in that system
     identifiers, references = _pix_answer(_pix(admin, f"{RESIDENT}|{number}", mrn_system(org_a)))
     assert identifiers == {(mrn_system(org_a), mrn_a)}
-    assert references == {master, a, b}
+    assert references == {master, a}  # the records in the target domain (and the master)
+    # The POST form with Parameters answers the same.
+    posted = doctor.post(
+        "/Patient/$ihe-pix",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {
+                    "name": "sourceIdentifier",
+                    "valueIdentifier": {"system": mrn_system(org_a), "value": mrn_a},
+                },
+                {"name": "targetSystem", "valueUri": mrn_system(org_b)},
+            ],
+        },
+    )
+    identifiers, references = _pix_answer(posted)
+    assert identifiers == {(mrn_system(org_b), mrn_b)}
+    assert references == {master, b}
+    wrong = doctor.post("/Patient/$ihe-pix", json={"resourceType": "Patient"})
+    assert wrong.status_code == 400, wrong.text
 
     assert _pix(doctor, f"{mrn_system(org_a)}|no-such-{unique()}").status_code == 404
     assert _pix(doctor, f"{RESIDENT}|{person(fresh_people()).resident_id}").status_code == 404

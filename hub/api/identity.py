@@ -103,6 +103,8 @@ async def patient_ihe_pix(request: Request) -> Response:
     policy.require_identity(principal, "find")
     hub = get_hub(request)
     pairs = query_pairs(request)
+    if request.method == "POST":  # the Parameters form of PIXm
+        pairs += _pix_parameters(await read_json(request))
     sources = [v for k, v in pairs if k == "sourceIdentifier"]
     targets = [t for k, v in pairs if k == "targetSystem" for t in v.split(",") if t]
     if len(sources) != 1:
@@ -136,9 +138,31 @@ async def patient_ihe_pix(request: Request) -> Response:
     )
 
 
+def _pix_parameters(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """``sourceIdentifier`` (valueIdentifier) and ``targetSystem`` (valueUri) of a POSTed
+    Parameters resource, as the query form's pairs."""
+    if body.get("resourceType") != "Parameters":
+        raise bad_request("POST $ihe-pix takes a Parameters resource")
+    pairs = []
+    for parameter in body.get("parameter") or []:
+        if not isinstance(parameter, dict):
+            raise bad_request("each Parameters.parameter must be an object")
+        if parameter.get("name") == "sourceIdentifier":
+            identifier = parameter.get("valueIdentifier")
+            if not isinstance(identifier, dict):
+                raise bad_request("sourceIdentifier must be a valueIdentifier")
+            system, value = identifier.get("system", ""), identifier.get("value", "")
+            pairs.append(("sourceIdentifier", f"{system}|{value}"))
+        elif parameter.get("name") == "targetSystem":
+            if not isinstance(parameter.get("valueUri"), str):
+                raise bad_request("targetSystem must be a valueUri")
+            pairs.append(("targetSystem", parameter["valueUri"]))
+    return pairs
+
+
 routes = [
     Route(PREFIX + "/Patient/$match", patient_match, methods=["POST"]),
-    Route(PREFIX + "/Patient/$ihe-pix", patient_ihe_pix, methods=["GET"]),
+    Route(PREFIX + "/Patient/$ihe-pix", patient_ihe_pix, methods=["GET", "POST"]),
 ]
 
 # -- operators: /admin/identity -------------------------------------------------------------------

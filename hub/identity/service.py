@@ -706,13 +706,17 @@ class IdentityService:
         )
         identifiers: list[dict[str, Any]] = []
         seen = {(system, value)}
+        holders = []  # the records holding an identifier in the target systems
         for row in patients:
-            for sys_, plain in self.protection.plain_identifiers(orjson.loads(row["content"])):
+            held = list(self.protection.plain_identifiers(orjson.loads(row["content"])))
+            if not wanted or any(s in wanted for s, _ in held):
+                holders.append(row["res_id"])
+            for sys_, plain in held:
                 if (sys_, plain) in seen or (wanted and sys_ not in wanted):
                     continue
                 seen.add((sys_, plain))
                 identifiers.append({"system": sys_, "value": plain})
-        return [r["res_id"] for r in patients], identifiers
+        return holders, identifiers
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -81,6 +81,13 @@ async def unit_of_work(database: Database, *, transaction: bool) -> AsyncIterato
             "nothing was stored: retry",
             headers={"Retry-After": "1"},
         ) from None
+    except asyncpg.QueryCanceledError:
+        raise FhirError(
+            503,
+            "too-costly",
+            "the request took longer than the database allows (YIJIAN_DB_STATEMENT_TIMEOUT_MS); "
+            "narrow the search",
+        ) from None
     except asyncpg.DataError as error:
         raise FhirError(
             400,

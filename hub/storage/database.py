@@ -60,7 +60,13 @@ class Database:
             # Every unit of work ends in an explicit COMMIT or ROLLBACK, so the pool's own
             # reset-on-return ROLLBACK would only add a round trip per request.
             pool_reset_on_return=None,
-            connect_args={"server_settings": {"application_name": "yijian-hub"}},
+            connect_args={
+                "server_settings": {
+                    "application_name": "yijian-hub",
+                    # No request may hold a core for long: a runaway query is cancelled.
+                    "statement_timeout": str(settings.db_statement_timeout_ms),
+                }
+            },
         )
         return cls(url=url, engine=engine)
 
