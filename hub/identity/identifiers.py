@@ -107,11 +107,6 @@ class IdentifierSystem:
     organization_kind: str | None
     """``mrn``, ``outpatient`` or ``inpatient`` for a hospital template, else None."""
 
-    @property
-    def is_template(self) -> bool:
-        """Whether this is a per-hospital system whose URI holds ``{organization}``."""
-        return self.organization_kind is not None
-
     @classmethod
     def from_naming_system(cls, resource: Mapping[str, Any]) -> IdentifierSystem:
         """Read one NamingSystem; raise ValueError when its hub extensions are inconsistent."""

@@ -176,9 +176,6 @@ class IdentifierProtection:
         data = _unb64(payload)
         return cipher.decrypt(data[:12], data[12:], system.encode()).decode()
 
-    def is_sealed_by_current(self, envelope: str) -> bool:
-        return envelope.startswith(f"{ENVELOPE}{self.keys.current}:")
-
     # -- resources --------------------------------------------------------------------------------
 
     def seal(self, resource: dict[str, Any]) -> dict[str, Any]:
