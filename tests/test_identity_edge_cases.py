@@ -12,6 +12,7 @@ from tests.identity_support import (
     RESIDENT,
     V2_0203,
     admin_get,
+    admin_post,
     create,
     decide,
     events_of,
@@ -173,3 +174,12 @@ def test_reading_the_review_queue_is_audited_with_its_patients(
     )
     assert rows, "the review list read is not in the audit log"
     assert admin_get(hub, doctor, "reviews").status_code == 403
+
+
+def test_a_malformed_operator_request_says_which_field_is_wrong(
+    hub: HubUnderTest, admin: Client
+) -> None:
+    response = admin_post(hub, admin, "link", {"source": 5})
+    assert response.status_code == 400, response.text
+    diagnostics = response.json()["issue"][0]["diagnostics"]
+    assert "source" in diagnostics and "master" in diagnostics, diagnostics

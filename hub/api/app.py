@@ -44,7 +44,15 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 async def _invalid_request(request: Request, error: Exception) -> Response:
-    return fhir_response(FhirError(400, "invalid", "malformed request").outcome(), 400)
+    """Say which field is wrong and how (never echoing the value: it may be an identifier)."""
+    assert isinstance(error, RequestValidationError)
+    problems = [
+        f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body') or 'body'}: "
+        f"{item.get('msg', 'invalid')}"
+        for item in error.errors()[:5]
+    ]
+    message = "malformed request: " + "; ".join(problems) if problems else "malformed request"
+    return fhir_response(FhirError(400, "invalid", message).outcome(), 400)
 
 
 async def _unexpected(request: Request, error: Exception) -> Response:
