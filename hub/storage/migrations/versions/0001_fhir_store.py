@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-22
 """
 
-from alembic import op
+from hub.storage.migrate import execute_script
 
 revision = "0001"
 down_revision = None
@@ -144,16 +144,9 @@ DROP TABLE idx_string; DROP TABLE idx_token; DROP TABLE resource_version; DROP T
 """
 
 
-def _statements(script: str) -> list[str]:
-    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
 def upgrade() -> None:
-    for statement in _statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in _statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

@@ -6,7 +6,7 @@ Revises: 0001
 Create Date: 2026-11-22
 """
 
-from alembic import op
+from hub.storage.migrate import execute_script
 
 revision = "0002"
 down_revision = "0001"
@@ -127,16 +127,9 @@ DROP TABLE patient_link; DROP TABLE patient_master;
 """
 
 
-def _statements(script: str) -> list[str]:
-    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
 def upgrade() -> None:
-    for statement in _statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in _statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)
