@@ -67,6 +67,7 @@ from bench._harness import (
     cpu_calibration,
     free_port,
     http_answers,
+    percentile,
     read_cpu_jiffies,
 )
 
@@ -729,14 +730,6 @@ def generate_load(plans: list[LoadPlan]) -> tuple[LoadResult, list[float]]:
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: array[float] | list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _row(label: str, kind: str, values: list[float]) -> str:

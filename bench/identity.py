@@ -88,6 +88,7 @@ from bench._harness import (
     SetupError,
     cpu_calibration,
     free_port,
+    percentile,
     read_cpu_jiffies,
 )
 from hub.fhir.datetimes import instant, zone
@@ -1211,14 +1212,6 @@ def _comparable(
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _latency_row(label: str, values: list[float], window: float) -> str:
