@@ -46,7 +46,10 @@ EXT_ORGANIZATION_KIND = _EXTENSION_BASE + "identifier-organization-kind"
 _EXT_TRANSLATION = "http://hl7.org/fhir/StructureDefinition/translation"
 
 VALIDATIONS = frozenset({"gb11643", "pattern", "none"})
-ORGANIZATION_KINDS = frozenset({"mrn", "outpatient", "inpatient"})
+# Patient numbers (mrn, outpatient, inpatient) and order/result numbers a hospital assigns.
+ORGANIZATION_KINDS = frozenset(
+    {"mrn", "outpatient", "inpatient", "placer", "filler", "accession", "specimen", "result"}
+)
 ORGANIZATION_PLACEHOLDER = "{organization}"
 MAX_OPAQUE_LENGTH = 64
 """Longest value accepted for a system validated ``none`` (hospital numbers)."""
