@@ -516,6 +516,427 @@ def identity_reencrypt() -> None:
     click.echo(f"{count} stored versions re-encrypted with the current key")
 
 
+# -- inbound results ---------------------------------------------------------------------------
+
+
+def _prepare_service(migrate: bool) -> Settings:
+    """Settings for a long-running service, the database resolved (and migrated)."""
+    from hub import logs
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    url = _database_url(settings)
+    os.environ["YIJIAN_DATABASE_URL"] = url
+    if migrate:
+        from hub.storage.migrate import upgrade
+
+        upgrade(url)
+    return load_settings()
+
+
+@main.command()
+@click.option("--host", default=None, help="interface to bind (default 127.0.0.1)")
+@click.option("--port", default=None, type=int, help="port (default 2575)")
+@click.option("--migrate/--no-migrate", default=True, show_default=True)
+@click.option(
+    "--drop-folders/--no-drop-folders",
+    default=True,
+    show_default=True,
+    help="also poll the feeds' file-drop folders",
+)
+def mllp(host: str | None, port: int | None, migrate: bool, drop_folders: bool) -> None:
+    """Run the HL7 v2 MLLP listener (and the feeds' drop folders)."""
+    import signal
+
+    from hub.ingest.files import DropFolders
+    from hub.ingest.mllp import MllpServer
+    from hub.runtime import Hub
+
+    settings = _prepare_service(migrate)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(handled, stop.set)
+        hub = Hub.build(settings)
+        await hub.start()
+        server = MllpServer(hub, host or settings.mllp_host, port or settings.mllp_port)
+        folders = asyncio.create_task(DropFolders(hub).run(stop)) if drop_folders else None
+        try:
+            await server.start()
+            click.echo(f"MLLP listening on {server.host}:{server.port}", err=True)
+            await stop.wait()
+        finally:
+            await server.stop()
+            if folders is not None:
+                await folders
+            await hub.stop()
+
+    _run(run)
+
+
+@main.command()
+@click.option("--concurrency", default=None, type=int, help="worker processes (default: CPUs)")
+@click.option("--beat/--no-beat", default=False, help="also run the periodic schedule")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int | None, beat: bool, loglevel: str) -> None:
+    """Run the Celery worker (back-fills, dead-letter replays, statistics)."""
+    from hub.tasks.worker import run_worker
+
+    settings = _prepare_service(migrate=True)
+    run_worker(settings, concurrency=concurrency, loglevel=loglevel, beat=beat)
+
+
+@main.group()
+def feeds() -> None:
+    """Hospital feeds (where results come from)."""
+
+
+@feeds.command("add")
+@click.option("--organization", required=True, help="the hospital's Organization id")
+@click.option("--sending-facility", required=True, help="MSH-4 of its messages")
+@click.option(
+    "--encoding", default="utf-8", show_default=True, type=click.Choice(["utf-8", "gbk", "gb18030"])
+)
+@click.option("--feed", "feed_id", default=None, help="feed id (default: from the facility)")
+@click.option("--name", default="", help="a name for people")
+@click.option("--sending-application", default=None, help="MSH-3, when one facility has several")
+@click.option(
+    "--authority",
+    multiple=True,
+    metavar="AUTHORITY=SYSTEM",
+    help="PID-3 assigning authority → system (URI, resident-id, mrn...); repeatable",
+)
+@click.option("--json", "as_json", is_flag=True)
+def feeds_add(
+    organization: str,
+    sending_facility: str,
+    encoding: str,
+    feed_id: str | None,
+    name: str,
+    sending_application: str | None,
+    authority: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Register a feed without writing a file (stored in the database)."""
+    import re
+
+    from pydantic import ValidationError
+
+    from hub.ingest.feeds import FeedConfig
+
+    identifiers = {}
+    for item in authority:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise click.BadParameter(f"{item!r} is not AUTHORITY=SYSTEM", param_hint="--authority")
+        identifiers[key] = value
+    default_id = re.sub(r"[^A-Za-z0-9\-.]+", "-", f"{organization}-{sending_facility}").strip("-")
+    try:
+        feed = FeedConfig(
+            feed=feed_id or default_id.lower()[:64],
+            organization=organization,
+            name=name,
+            sending_facility=sending_facility,
+            sending_application=sending_application,
+            encoding=encoding,  # type: ignore[arg-type]
+            identifiers=identifiers,
+        )
+    except ValidationError as error:
+        raise click.ClickException(str(error)) from None
+
+    async def work(admin: _Admin) -> None:
+        from hub.security.clients import ClientRegistry
+
+        async with admin.hub.database.connection() as conn:
+            if not await ClientRegistry(conn).organization_exists(organization):
+                raise click.ClickException(f"there is no Organization {organization!r}")
+        await admin.hub.ingest.feeds.register(feed)
+        await admin.audit("C", "feeds-add", [f"feed/{feed.feed}"], 201)
+
+    _admin_command(work)
+    if as_json:
+        click.echo(json.dumps(feed.model_dump(mode="json"), ensure_ascii=False))
+    else:
+        click.echo(f"feed {feed.feed}: {sending_facility} → Organization/{organization}")
+
+
+@feeds.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def feeds_list(as_json: bool) -> None:
+    """Every feed, from files and from the database."""
+
+    async def work(admin: _Admin) -> tuple[list[Any], list[str]]:
+        found = await admin.hub.ingest.feeds.all()
+        return found, admin.hub.ingest.feeds.errors
+
+    found, errors = _admin_command(work)
+    if as_json:
+        rows = [{**f.model_dump(mode="json"), "source": s} for f, s in found]
+        click.echo(json.dumps({"feeds": rows, "errors": errors}, ensure_ascii=False))
+        return
+    for feed, source in found:
+        click.echo(
+            f"{feed.feed}\t{feed.sending_facility}\tOrganization/{feed.organization}"
+            f"\t{feed.encoding}\t{source}"
+        )
+    for error in errors:
+        click.echo(f"error: {error}", err=True)
+
+
+@feeds.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def feeds_check(paths: tuple[str, ...]) -> None:
+    """Check feed files without loading them into a hub."""
+    from pathlib import Path
+
+    from hub.ingest.feeds import FeedConfigError, load_feed_file
+
+    failed = False
+    for path in paths:
+        try:
+            feed = load_feed_file(Path(path))
+            click.echo(f"{path}: feed {feed.feed} ok")
+        except FeedConfigError as error:
+            failed = True
+            click.echo(str(error), err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def deadletter() -> None:
+    """Messages that could not be accepted: list, inspect, replay, discard."""
+
+
+@deadletter.command("list")
+@click.option(
+    "--status",
+    default="open",
+    show_default=True,
+    type=click.Choice(["open", "replayed", "discarded", "all"]),
+)
+@click.option("--feed", default=None)
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def deadletter_list(status: str, feed: str | None, limit: int, as_json: bool) -> None:
+    async def work(admin: _Admin) -> list[Any]:
+        letters = await admin.hub.ingest.dead_letters(
+            None if status == "all" else status, feed, limit
+        )
+        await admin.audit("R", "dead-letters", [])
+        return letters
+
+    letters = _admin_command(work)
+    if as_json:
+        click.echo(json.dumps([x.summary() for x in letters], ensure_ascii=False))
+        return
+    for letter in letters:
+        click.echo(
+            f"{letter.id}\t{letter.received_at:%Y-%m-%d %H:%M:%S}\t{letter.feed_id or '-'}"
+            f"\t{letter.control_id or '-'}\t{letter.ack_code}\t{letter.status}"
+            f"\t{letter.error[:100]}"
+        )
+
+
+@deadletter.command("show")
+@click.argument("entry_id", type=int)
+@click.option("--raw", is_flag=True, help="write the message bytes exactly as received")
+def deadletter_show(entry_id: int, raw: bool) -> None:
+    from hub.api.ingest import _readable
+
+    async def work(admin: _Admin) -> Any:
+        letter = await admin.hub.ingest.dead_letter(entry_id)
+        await admin.audit("R", "dead-letter", [f"dead-letter/{entry_id}"])
+        return letter
+
+    try:
+        letter = _admin_command(work)
+    except LookupError as error:
+        raise click.ClickException(str(error)) from None
+    if raw:
+        sys.stdout.buffer.write(letter.payload)
+        return
+    for key, value in letter.summary().items():
+        click.echo(f"{key}: {value}")
+    click.echo("")
+    click.echo(_readable(letter.payload))
+
+
+@deadletter.command("replay")
+@click.argument("entry_ids", type=int, nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="every open entry (of --feed)")
+@click.option("--feed", default=None)
+def deadletter_replay(entry_ids: tuple[int, ...], replay_all: bool, feed: str | None) -> None:
+    """Run entries through the pipeline again, after fixing their cause."""
+    if not entry_ids and not replay_all:
+        raise click.UsageError("name entries or use --all")
+
+    async def work(admin: _Admin) -> int:
+        ids = list(entry_ids)
+        if replay_all:
+            ids += [x.id for x in await admin.hub.ingest.dead_letters("open", feed, 100_000)]
+        failures = 0
+        for entry_id in sorted(set(ids)):
+            try:
+                receipt = await admin.hub.ingest.replay(entry_id)
+            except (LookupError, ValueError) as error:
+                click.echo(f"{entry_id}: {error}", err=True)
+                failures += 1
+                continue
+            await admin.audit("U", "dead-letter-replay", [f"dead-letter/{entry_id}"])
+            if receipt.accepted:
+                note = " (already accepted before)" if receipt.duplicate else ""
+                click.echo(f"{entry_id}: accepted, {receipt.resources} resources{note}")
+            else:
+                failures += 1
+                click.echo(f"{entry_id}: {receipt.code} {receipt.reason}", err=True)
+        return failures
+
+    sys.exit(1 if _admin_command(work) else 0)
+
+
+@deadletter.command("discard")
+@click.argument("entry_id", type=int)
+def deadletter_discard(entry_id: int) -> None:
+    """Mark an entry as not to be replayed (it is kept)."""
+
+    async def work(admin: _Admin) -> None:
+        await admin.hub.ingest.discard(entry_id)
+        await admin.audit("D", "dead-letter-discard", [f"dead-letter/{entry_id}"])
+
+    try:
+        _admin_command(work)
+    except LookupError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{entry_id}: discarded")
+
+
+@main.group()
+def codes() -> None:
+    """Code maps: local test codes → LOINC, and the unmapped-code worklist."""
+
+
+@codes.command("unmapped")
+@click.option("--organization", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def codes_unmapped(organization: str | None, as_json: bool) -> None:
+    """Local codes seen without a mapping, by hospital, most frequent first."""
+
+    async def work(admin: _Admin) -> list[dict[str, Any]]:
+        return await admin.hub.ingest.unmapped(organization)
+
+    rows = _admin_command(work)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['organization']}\t{row['local_code']}\t{row['local_display']}"
+            f"\t{row['unit']}\t{row['occurrences']}"
+        )
+
+
+def _change_code_map(feed_id: str, resource: dict[str, Any]) -> None:
+    async def work(admin: _Admin) -> tuple[list[str], int]:
+        ingest = admin.hub.ingest
+        changed = await ingest.import_concept_map(feed_id, resource, admin.principal.client_id)
+        await admin.audit("U", "code-map-update", [f"code-map/{feed_id}"])
+        feed = await ingest.feed(feed_id)
+        return changed, await ingest.backfill(feed.local_code_system, changed)
+
+    try:
+        changed, filled = _admin_command(work)
+    except (LookupError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{len(changed)} mappings added or changed; {filled} stored results back-filled")
+
+
+@codes.command("map")
+@click.argument("feed_id")
+@click.argument("local_code")
+@click.argument("loinc")
+@click.option("--display", default="", help="LOINC display")
+@click.option("--unit", default=None, help="UCUM unit the hospital reports in")
+@click.option("--catalogue", default=None, help="recognition catalogue item")
+def codes_map(
+    feed_id: str, local_code: str, loinc: str, display: str, unit: str | None, catalogue: str | None
+) -> None:
+    """Map one local code, and back-fill the results stored with it."""
+    from hub.ingest.codemaps import CodeTarget, concept_map
+
+    target = CodeTarget(loinc, display, unit, catalogue)
+    _change_code_map(feed_id, concept_map("cli", "", [(local_code, "", target)]))
+
+
+@codes.command("import")
+@click.argument("feed_id")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def codes_import(feed_id: str, path: str) -> None:
+    """Add or change mappings from a ConceptMap file (JSON)."""
+    with open(path, encoding="utf-8") as handle:
+        resource = json.load(handle)
+    for group in resource.get("group") or []:
+        group.pop("source", None)  # the feed's own code system is meant
+    _change_code_map(feed_id, resource)
+
+
+@codes.command("export")
+@click.argument("feed_id")
+def codes_export(feed_id: str) -> None:
+    """Print a feed's code map as a ConceptMap."""
+
+    async def work(admin: _Admin) -> dict[str, Any]:
+        return await admin.hub.ingest.export_concept_map(feed_id)
+
+    try:
+        click.echo(json.dumps(_admin_command(work), ensure_ascii=False, indent=2))
+    except LookupError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--feed", "feed_id", default=None, help="the feed (default: by MSH-4)")
+def import_files(paths: tuple[str, ...], feed_id: str | None) -> None:
+    """Load HL7 v2 files (.hl7/.txt, one or many messages) and FHIR transaction Bundles
+    (.json) through the ingest pipeline, with a progress bar."""
+    from pathlib import Path
+
+    from hub.ingest.files import file_format, ingest_file
+
+    files: list[Path] = []
+    for item in map(Path, paths):
+        files += sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+    files = [f for f in files if file_format(f)]
+
+    async def work(admin: _Admin) -> tuple[int, int]:
+        await admin.hub.audit.start()
+        accepted = refused = 0
+        try:
+            with click.progressbar(files, label="importing", file=sys.stderr) as bar:
+                for path in bar:
+                    result = await ingest_file(admin.hub, path, feed_id=feed_id)
+                    for receipt in result.receipts:
+                        if receipt.accepted:
+                            accepted += 1
+                        else:
+                            refused += 1
+                            click.echo(
+                                f"\n{path}: {receipt.code} {receipt.reason}"
+                                f" (dead letter {receipt.dead_letter})",
+                                err=True,
+                            )
+        finally:
+            await admin.hub.audit.close()
+        return accepted, refused
+
+    accepted, refused = _admin_command(work)
+    click.echo(f"{accepted} messages accepted, {refused} refused (see 'yijian deadletter list')")
+    sys.exit(1 if refused else 0)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from hub.fhir.searchparams import SearchParamRegistry
 from hub.identity.identifiers import IdentifierSystems
 from hub.identity.protection import IdentifierProtection, load_identifier_keys
 from hub.identity.service import IdentityService
+from hub.ingest.service import IngestService
 from hub.records.service import RecordService
 from hub.security.audit import AuditWriter, load_audit_key
 from hub.security.clients import ClientRegistry
@@ -69,6 +71,11 @@ class Hub:
     @property
     def identity(self) -> IdentityService:
         return self.records.identity
+
+    @functools.cached_property
+    def ingest(self) -> IngestService:
+        """The inbound pipeline (feeds, code maps, adapters), built on first use."""
+        return IngestService(self)
 
     async def start(self) -> None:
         await self.audit.start()

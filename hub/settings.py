@@ -23,7 +23,22 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("var"), description="embedded database, keys, files")
     keys_dir: Path | None = Field(default=None, description="signing keys; default DATA_DIR/keys")
-    broker_url: str | None = None
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://..., amqp://...); unset: a folder under DATA_DIR",
+    )
+    adapters_dir: Path | None = Field(
+        default=None, description="feed configuration files (*.yaml), one per hospital feed"
+    )
+
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_message_bytes: int = Field(
+        default=16 * 1024 * 1024, description="longer HL7 messages are refused (AR)"
+    )
+    mllp_idle_timeout_seconds: float = Field(
+        default=600.0, description="an MLLP connection silent this long is closed"
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000

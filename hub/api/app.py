@@ -21,7 +21,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from hub import __version__
-from hub.api import admin, auth, fhir, identity, operations
+from hub.api import admin, auth, fhir, identity, ingest, operations
 from hub.api.middleware import ObservabilityMiddleware
 from hub.api.responses import fhir_response
 from hub.fhir.outcomes import FhirError
@@ -87,6 +87,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     api.include_router(operations.router)
     api.include_router(admin.router)
     api.include_router(identity.router)
+    api.include_router(ingest.router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -47,9 +47,7 @@ class IngestError(Exception):
 
     ack_code: AckCode = AckCode.ERROR
 
-    def __init__(
-        self, reason: str, *, location: str | None = None, hl7_code: str = "207"
-    ) -> None:
+    def __init__(self, reason: str, *, location: str | None = None, hl7_code: str = "207") -> None:
         super().__init__(reason)
         self.reason = reason
         self.location = location  # e.g. "PID-3" or "OBX[4]-5": where the problem is

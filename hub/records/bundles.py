@@ -38,6 +38,14 @@ async def process(
     base: str,
     audit: WorkRecorder,
 ) -> dict[str, Any]:
+    entries = check_entries(body)
+    if body["type"] == "transaction":
+        return await _transaction(hub, principal, entries, context, base, audit)
+    return await _batch(hub, principal, entries, context, base, audit)
+
+
+def check_entries(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a batch or transaction Bundle, each with a well-formed request (else 400)."""
     entries = body.get("entry") or []
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise bad_request(f"Bundle.entry must be a list of at most {MAX_ENTRIES} entries")
@@ -66,9 +74,7 @@ async def process(
             raise bad_request(
                 f"Bundle.entry[{index}].request needs a method and url", code="structure"
             )
-    if body["type"] == "transaction":
-        return await _transaction(hub, principal, entries, context, base, audit)
-    return await _batch(hub, principal, entries, context, base, audit)
+    return entries
 
 
 async def _transaction(
@@ -79,30 +85,46 @@ async def _transaction(
     base: str,
     audit: WorkRecorder,
 ) -> dict[str, Any]:
+    async with unit_of_work(hub.database, transaction=True) as uow:
+        result = await run_transaction(hub, principal, uow, entries, context, base)
+        audit.capture(uow)
+    return result
+
+
+async def run_transaction(
+    hub: Hub,
+    principal: Principal,
+    uow: UnitOfWork,
+    entries: list[dict[str, Any]],
+    context: WriteContext,
+    base: str,
+) -> dict[str, Any]:
+    """Process transaction ``entries`` (already checked by ``check_entries``) in ``uow``, which
+    must be in a database transaction: the caller commits, so it may write more in the same
+    transaction (the ingest pipeline records the message there). Returns the response Bundle.
+    """
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     responses: list[dict[str, Any] | None] = [None] * len(entries)
     mapping = _assign_ids(entries)
-    async with unit_of_work(hub.database, transaction=True) as uow:
-        matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
-        await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
-        for index in order:
-            try:
-                if index in matched:
-                    responses[index] = _response(matched[index], base, 200)
-                    continue
-                responses[index] = await _entry(
-                    hub, principal, uow, entries[index], context, base, mapping
-                )
-            except FhirError as error:
-                error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
-                raise
-        # Check references here, so the error can name the entry; the unit of work's own
-        # check at commit would repeat the same query on the same set, so it is emptied.
-        missing = await uow.resources.missing_references(uow.references)
-        if missing:
-            raise _missing_references(entries, mapping, missing)
-        uow.references.clear()
-        audit.capture(uow)
+    matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
+    await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
+    for index in order:
+        try:
+            if index in matched:
+                responses[index] = _response(matched[index], base, 200)
+                continue
+            responses[index] = await _entry(
+                hub, principal, uow, entries[index], context, base, mapping
+            )
+        except FhirError as error:
+            error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
+            raise
+    # Check references here, so the error can name the entry; the unit of work's own
+    # check at commit would repeat the same query on the same set, so it is emptied.
+    missing = await uow.resources.missing_references(uow.references)
+    if missing:
+        raise _missing_references(entries, mapping, missing)
+    uow.references.clear()
     return bundle("transaction-response", [r for r in responses if r is not None])
 
 

@@ -43,15 +43,20 @@ class ClientRegistry:
     def __init__(self, connection: asyncpg.Connection):
         self.connection = connection
 
+    async def organization_exists(self, organization: str) -> bool:
+        """Whether Organization/``organization`` is registered (and not deleted)."""
+        return bool(
+            await self.connection.fetchval(
+                "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
+                "AND NOT deleted",
+                organization,
+            )
+        )
+
     async def add(
         self, kind: ClientKind, organization: str, name: str, scope: str | None = None
     ) -> tuple[ClientRecord, str]:
-        known = await self.connection.fetchval(
-            "SELECT 1 FROM resource WHERE res_type = 'Organization' AND res_id = $1 "
-            "AND NOT deleted",
-            organization,
-        )
-        if not known:
+        if not await self.organization_exists(organization):
             raise UnknownOrganization(f"Organization/{organization} is not registered")
         granted = scopes.parse(scope or RULES[kind].default_scopes)
         invalid = [s for s in granted if not scopes.is_valid(s)]

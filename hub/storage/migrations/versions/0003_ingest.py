@@ -44,6 +44,7 @@ CREATE TABLE dead_letter (
     received_at  timestamptz NOT NULL DEFAULT now(),
     feed_id      text,
     channel      text        NOT NULL,
+    format       text        NOT NULL DEFAULT 'hl7v2',
     peer         text,
     control_id   text,
     ack_code     text        NOT NULL CHECK (ack_code IN ('AE', 'AR')),
