@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hub.fhir.datetimes import zone
 from hub.fhir.indexing import Indexer
@@ -23,6 +24,9 @@ from hub.security.keys import KeyRing
 from hub.security.tokens import TokenService
 from hub.settings import Settings
 from hub.storage.database import Database
+
+if TYPE_CHECKING:
+    from hub.tasks.queue import TaskQueue
 
 log = logging.getLogger(__name__)
 REVOCATION_REFRESH_SECONDS = 5.0
@@ -73,6 +77,13 @@ class Hub:
         return self.records.identity
 
     @functools.cached_property
+    def tasks(self) -> TaskQueue:
+        """Where background work is queued for ``yijian worker`` (built on first use)."""
+        from hub.tasks.queue import TaskQueue
+
+        return TaskQueue(self.settings)
+
+    @functools.cached_property
     def ingest(self) -> IngestService:
         """The inbound pipeline (feeds, code maps, adapters), built on first use."""
         return IngestService(self)
@@ -86,6 +97,8 @@ class Hub:
         if self._refresher:
             self._refresher.cancel()
         await self.audit.close()
+        if "tasks" in self.__dict__:  # only if this process queued anything
+            self.tasks.close()
         await self.database.dispose()
 
     async def refresh_revocations(self) -> None:

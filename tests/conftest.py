@@ -65,15 +65,21 @@ class HubUnderTest:
     org_a: str
     org_b: str
     clients: dict[str, Client]
+    adapters_dir: Path
 
     @property
     def fhir(self) -> str:
         return self.base_url + "/fhir"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [YIJIAN, *args], env=self.env, capture_output=True, text=True, check=check, timeout=120
+        done = subprocess.run(
+            [YIJIAN, *args], env=self.env, capture_output=True, text=True, timeout=120
         )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"yijian {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
+            )
+        return done
 
     def token(self, client_id: str, secret: str, **form: str) -> httpx.Response:
         return httpx.post(
@@ -123,16 +129,23 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def hub(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubUnderTest]:
     data_dir = tmp_path_factory.mktemp("hub")
+    adapters_dir = data_dir / "adapters"
+    adapters_dir.mkdir()
     env = {
         **os.environ,
         "YIJIAN_DATABASE_URL": database_url,
         "YIJIAN_DATA_DIR": str(data_dir),
+        "YIJIAN_ADAPTERS_DIR": str(adapters_dir),
         "YIJIAN_MAX_BODY_BYTES": str(MAX_BODY),
         "YIJIAN_LOG_LEVEL": "WARNING",
     }
     upgrade(database_url)
     settings = load_settings(
-        database_url=database_url, data_dir=data_dir, max_body_bytes=MAX_BODY, log_level="WARNING"
+        database_url=database_url,
+        data_dir=data_dir,
+        adapters_dir=adapters_dir,
+        max_body_bytes=MAX_BODY,
+        log_level="WARNING",
     )
     port = _free_port()
     config = uvicorn.Config(
@@ -147,7 +160,7 @@ def hub(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             raise RuntimeError("the hub did not start")
         time.sleep(0.05)
     base_url = f"http://127.0.0.1:{port}"
-    under_test = HubUnderTest(base_url, database_url, env, "", "", {})
+    under_test = HubUnderTest(base_url, database_url, env, "", "", {}, adapters_dir)
 
     def org(name: str, code: str) -> str:
         out = under_test.cli(

@@ -261,8 +261,9 @@ class CodeMappings:
         changed = await self._conn.fetch(
             "INSERT INTO code_mapping AS m (source_system, local_code, local_display,"
             " target_system, target_code, target_display, unit, catalogue, updated_by)"
-            " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],"
-            "   $6::text[], $7::text[], $8::text[], $9::text)"
+            " SELECT $1, c, d, ts, tc, td, u, k, $9 FROM unnest($2::text[], $3::text[],"
+            "   $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
+            "   AS t(c, d, ts, tc, td, u, k)"
             " ON CONFLICT (source_system, local_code) DO UPDATE SET"
             "   local_display = excluded.local_display, target_system = excluded.target_system,"
             "   target_code = excluded.target_code, target_display = excluded.target_display,"
@@ -357,12 +358,12 @@ class RegisteredFeeds:
         self._conn = connection
 
     async def all(self) -> list[dict[str, Any]]:
-        rows = await self._conn.fetch("SELECT config FROM ingest_feed ORDER BY feed_id")
+        rows = await self._conn.fetch("SELECT config::text FROM ingest_feed ORDER BY feed_id")
         return [orjson.loads(row["config"]) for row in rows]
 
     async def save(self, feed_id: str, config: dict[str, Any]) -> None:
         await self._conn.execute(
-            "INSERT INTO ingest_feed (feed_id, config) VALUES ($1, $2::jsonb)"
+            "INSERT INTO ingest_feed (feed_id, config) VALUES ($1, $2::text::jsonb)"
             " ON CONFLICT (feed_id) DO UPDATE SET config = excluded.config, updated_at = now()",
             feed_id,
             orjson.dumps(config).decode(),

@@ -25,12 +25,13 @@ from hub.fhir.search import Cursor, SearchParser, SearchRequest
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 from hub.identity.protection import IdentifierProtection
 from hub.identity.service import without_master_tag
+from hub.records.accession import accession_numbers, add_study_references
 from hub.records.unit_of_work import UnitOfWork, unknown_references
 from hub.security import policy
 from hub.security.audit_events import AuditEventView
 from hub.security.principals import Principal
 from hub.security.scopes import CREATE, DELETE, READ, SEARCH, UPDATE
-from hub.storage.resources import Page, StoredResource, WriteContext
+from hub.storage.resources import Page, StoredResource, WriteContext, ids_with_token
 
 if TYPE_CHECKING:
     from hub.identity.service import IdentityService
@@ -157,8 +158,9 @@ class RecordService:
         return self.identity.present(stored, policy.identifiers_in_full(principal))
 
     def needs_transaction(self, resource_type: str) -> bool:
-        """Writes of Patients also match and link them, which must be atomic with the write."""
-        return resource_type == "Patient"
+        """Writes of Patients also match and link them, and an ImagingStudy adds itself to its
+        reports; both must be atomic with the write."""
+        return resource_type in ("Patient", "ImagingStudy")
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -396,6 +398,12 @@ class RecordService:
             "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta},
         }
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+        if resource_type == "DiagnosticReport":
+            for system, value in accession_numbers(body):
+                studies = await ids_with_token(
+                    uow.connection, "ImagingStudy", "identifier", system, value
+                )
+                add_study_references(body, studies)
         rows = self.indexer.index(body)
         self.protection.protect_rows(rows)
         references = {r for r in rows.references() if r != (resource_type, resource_id)}
@@ -429,7 +437,35 @@ class RecordService:
             if not uow.in_transaction:
                 raise AssertionError("Patient writes run in a transaction (needs_transaction)")
             await self.identity.source_written(uow, stored, body, context)
+        if resource_type == "ImagingStudy":
+            await self._link_reports(uow, resource_id, body, context)
         return stored
+
+    async def _link_reports(
+        self, uow: UnitOfWork, study_id: str, study: dict[str, Any], context: WriteContext
+    ) -> None:
+        """Add a study to the reports already stored with its accession number."""
+        for system, value in accession_numbers(study):
+            report_ids = await ids_with_token(
+                uow.connection, "DiagnosticReport", "identifier", system, value
+            )
+            for report_id in report_ids:
+                current = await uow.resources.current("DiagnosticReport", report_id, lock=True)
+                if current is None or current.deleted or current.content is None:
+                    continue
+                report = self.protection.reveal(orjson.loads(current.content), True)
+                if not add_study_references(report, [study_id]):
+                    continue
+                await self._write(
+                    uow,
+                    "DiagnosticReport",
+                    report_id,
+                    current.version_id + 1,
+                    report,
+                    context,
+                    method="PUT",
+                    owner=current.owner_org,
+                )
 
     async def store(
         self,

@@ -560,3 +560,19 @@ def _json_value(value: Any) -> Any:
 
 def _parse_instant(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+async def ids_with_token(
+    connection: asyncpg.Connection, resource_type: str, param: str, system: str, code: str
+) -> list[str]:
+    """Ids of current, live resources of a type with one exact token (system|code)."""
+    rows = await connection.fetch(
+        "SELECT r.res_id FROM idx_token t JOIN resource r ON r.pk = t.pk"
+        " WHERE t.res_type = $1 AND t.param = $2 AND t.code = $3 AND t.system = $4"
+        " AND NOT r.deleted ORDER BY r.res_id",
+        resource_type,
+        param,
+        code,
+        system,
+    )
+    return [row["res_id"] for row in rows]

@@ -1,0 +1,253 @@
+"""HL7 v2 results over MLLP, end to end: a real ``yijian mllp`` process, the ``hl7`` package's
+MLLP client, the feed configured by a YAML file (GBK) or by ``yijian feeds add`` (UTF-8), and
+what a doctor then finds through FHIR."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Client, HubUnderTest
+from tests.ingest_support import Listener, ack_fields, env_without_broker, send, wait_for
+from tests.oru import CBC, CHEMISTRY, Person, oru
+
+RESIDENT_ID = "https://yijian-hub.org/fhir/sid/resident-id"
+CONCEPT_MAP = "fhir_profiles/conceptmaps/demo-lis.json"
+
+
+@pytest.fixture(scope="module")
+def feeds(hub: HubUnderTest) -> dict[str, str]:
+    """H-A's LIS from a feed file (GBK), H-B's from the CLI (UTF-8), both with the demo map."""
+    (hub.adapters_dir / "h-a-lis.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "feed": "h-a-lis",
+                "organization": hub.org_a,
+                "name": "杭州市第一人民医院 LIS",
+                "sending_facility": "H-A",
+                "encoding": "gbk",
+                "identifiers": {"H-A": "mrn", "SFZ": "resident-id"},
+            },
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
+    hub.cli(
+        "feeds", "add", "--organization", hub.org_b, "--sending-facility", "H-B",
+        "--feed", "h-b-lis", "--authority", "H-B=mrn", "--authority", "SFZ=resident-id",
+    )  # fmt: skip
+    for feed in ("h-a-lis", "h-b-lis"):
+        hub.cli("codes", "import", feed, CONCEPT_MAP)
+    return {"a": "h-a-lis", "b": "h-b-lis"}
+
+
+@pytest.fixture(scope="module")
+def listener(hub: HubUnderTest, feeds: dict[str, str], tmp_path_factory: Any) -> Iterator[Listener]:
+    server = Listener(env_without_broker(hub.env))
+    server.log = tmp_path_factory.mktemp("mllp") / "mllp.log"
+    server.start()
+    yield server
+    server.stop()
+
+
+def person(**overrides: Any) -> Person:
+    fields = {
+        "mrn": "M" + uuid.uuid4().hex[:8],
+        "name": "王芳",
+        "gender": "F",
+        "birth": "19860314",
+        "resident_id": "330102198603140020",
+        "phone": "13905710001",
+    }
+    return Person(**{**fields, **overrides})
+
+
+def control() -> str:
+    return "C" + uuid.uuid4().hex[:16]
+
+
+def observations(client: Client, **query: str) -> list[dict[str, Any]]:
+    bundle = client.get("/Observation", params={"_count": "200", **query}).json()
+    return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def test_gbk_message_is_acknowledged_after_commit_and_found_by_a_doctor(
+    hub: HubUnderTest, listener: Listener, doctor: Client
+) -> None:
+    filler = "F" + uuid.uuid4().hex[:10]
+    message = oru(control(), "H-A", person(name="张伟", gender="M"), filler, encoding="gbk")
+    code, control_id, error = ack_fields(send(listener.port, message), "gbk")
+    assert (code, error) == ("AA", ""), error
+    assert control_id == message.split(b"|")[9].decode()
+    found = observations(doctor, identifier=f"{_result_system(hub.org_a)}|{filler}:HGB:")
+    assert len(found) == 1
+    hgb = found[0]
+    assert hgb["code"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "718-7",
+        "display": hgb["code"]["coding"][0].get("display"),
+    }
+    assert hgb["code"]["text"] == "血红蛋白"  # decoded from GBK
+    assert hgb["valueQuantity"]["value"] == 118
+    assert hgb["valueQuantity"]["unit"] == "g/L"
+    assert hgb["status"] == "final"
+    assert hgb["effectiveDateTime"].startswith("2026-11-20T08:30:00+08:00")
+
+
+def _result_system(org: str) -> str:
+    return f"https://yijian-hub.org/fhir/sid/org/{org}/result"
+
+
+def test_one_person_at_two_hospitals_is_found_by_resident_id(
+    hub: HubUnderTest, listener: Listener, doctor: Client
+) -> None:
+    resident_id = "110101199003070011"  # GB 11643-valid
+    someone = person(name="刘洋", gender="M", birth="19900307", resident_id=resident_id)
+    filler_a, filler_b = "FA" + uuid.uuid4().hex[:8], "FB" + uuid.uuid4().hex[:8]
+    a = oru(control(), "H-A", someone, filler_a, encoding="gbk")
+    b = oru(control(), "H-B", person(name="刘洋", gender="M", birth="19900307",
+                                     resident_id=resident_id), filler_b, CHEMISTRY)  # fmt: skip
+    assert ack_fields(send(listener.port, a), "gbk")[0] == "AA"
+    assert ack_fields(send(listener.port, b))[0] == "AA"
+    found = observations(doctor, **{"patient.identifier": f"{RESIDENT_ID}|{resident_id}"})
+    performers = {o["performer"][0]["reference"] for o in found}
+    assert performers == {f"Organization/{hub.org_a}", f"Organization/{hub.org_b}"}
+    assert len(found) == len(CBC) + len(CHEMISTRY)
+
+
+def test_a_resent_message_is_acknowledged_again_and_not_stored_twice(
+    hub: HubUnderTest, listener: Listener, hospital_b: Client
+) -> None:
+    filler = "F" + uuid.uuid4().hex[:10]
+    message = oru(control(), "H-B", person(), filler)
+    first = send(listener.port, message)
+    second = send(listener.port, message)
+    assert ack_fields(first)[0] == ack_fields(second)[0] == "AA"
+    assert first == second  # the stored acknowledgement, byte for byte
+    found = observations(hospital_b, identifier=f"{_result_system(hub.org_b)}|{filler}:WBC:")
+    assert len(found) == 1
+    assert found[0]["meta"]["versionId"] == "1"
+
+
+def test_the_same_control_id_for_another_message_is_refused(listener: Listener) -> None:
+    control_id = control()
+    assert (
+        ack_fields(send(listener.port, oru(control_id, "H-B", person(), "F1" + control_id)))[0]
+        == "AA"
+    )
+    code, _, error = ack_fields(send(listener.port, oru(control_id, "H-B", person(), "F2")))
+    assert code == "AE"
+    assert "already used" in error
+
+
+def test_a_correction_is_a_new_version_of_the_same_observation(
+    hub: HubUnderTest, listener: Listener, hospital_b: Client
+) -> None:
+    filler = "F" + uuid.uuid4().hex[:10]
+    someone = person()
+    assert ack_fields(send(listener.port, oru(control(), "H-B", someone, filler)))[0] == "AA"
+    corrected = tuple((c, n, "128" if c == "HGB" else v, u, r, f) for c, n, v, u, r, f in CBC)
+    message = oru(control(), "H-B", someone, filler, corrected, status="C")
+    assert ack_fields(send(listener.port, message))[0] == "AA"
+    found = observations(hospital_b, identifier=f"{_result_system(hub.org_b)}|{filler}:HGB:")
+    assert len(found) == 1
+    assert found[0]["status"] == "corrected"
+    assert found[0]["valueQuantity"]["value"] == 128
+    assert found[0]["meta"]["versionId"] == "2"
+    history = hospital_b.get(f"/Observation/{found[0]['id']}/_history").json()
+    assert [e["resource"]["valueQuantity"]["value"] for e in history["entry"]] == [128, 118]
+
+
+def test_refusals_name_the_reason_and_the_connection_keeps_working(
+    listener: Listener, admin: Client, hub: HubUnderTest
+) -> None:
+    from hl7.client import MLLPClient
+
+    good = oru(control(), "H-B", person(), "F" + uuid.uuid4().hex[:10])
+    no_pid = b"\r".join(s for s in good.split(b"\r") if not s.startswith(b"PID")).replace(
+        good.split(b"|")[9], b"NOPID-" + uuid.uuid4().hex[:6].encode()
+    )
+    unknown = oru(control(), "NO-SUCH-HOSPITAL", person(), "F9")
+    client = MLLPClient("127.0.0.1", listener.port)
+    try:
+        answers = [
+            ack_fields(client.send_message(m).strip(b"\x0b\x1c\r"))
+            for m in (b"this is not HL7", no_pid, unknown, good[: len(good) // 2], good)
+        ]
+    finally:
+        client.close()
+    assert answers[0][0] == "AR"
+    assert answers[1][0] == "AE" and "PID" in answers[1][2]
+    assert answers[2][0] == "AR" and "NO-SUCH-HOSPITAL" in answers[2][2]
+    assert answers[3][0] in ("AE", "AR")  # truncated mid-segment
+    assert answers[4][0] == "AA"  # the same connection, after all of that
+    letters = hub_admin_json(hub, admin, "/admin/dead-letters?status=all&limit=1000")
+    errors = {letter["control_id"]: letter for letter in letters["dead_letters"]}
+    no_pid_id = no_pid.split(b"|")[9].decode()
+    assert errors[no_pid_id]["ack_code"] == "AE"
+    assert errors[no_pid_id]["feed"] == "h-b-lis"
+    detail = hub_admin_json(hub, admin, f"/admin/dead-letters/{errors[no_pid_id]['id']}")
+    assert detail["payload_base64"]  # the raw bytes are kept
+
+
+def hub_admin_json(hub: HubUnderTest, admin: Client, path: str) -> Any:
+    response = admin.http.get(hub.base_url + path)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_listener_killed_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing(
+    hub: HubUnderTest, listener: Listener, hospital_b: Client
+) -> None:
+    """Senders resend whatever was not acknowledged (as LIS interfaces do) while the
+    listener is killed and restarted; every message ends acknowledged, stored once."""
+    import time
+
+    senders, per_sender = 4, 15
+    batch = uuid.uuid4().hex[:6]
+    messages = [
+        [
+            oru(f"K{batch}-{s}-{i}", "H-B", person(mrn=f"K{batch}{s}"), f"K{batch}-{s}-{i}")
+            for i in range(per_sender)
+        ]
+        for s in range(senders)
+    ]
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def run(batch_messages: list[bytes]) -> None:
+        for message in batch_messages:
+            for _attempt in range(200):
+                try:
+                    code, control_id, _ = ack_fields(send(listener.port, message, timeout=10))
+                except (TimeoutError, OSError, ValueError, IndexError):
+                    time.sleep(0.2)
+                    continue
+                assert code == "AA"
+                with lock:
+                    acknowledged.append(control_id)
+                break
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in messages]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: len(acknowledged) >= 10, timeout=60)
+    listener.kill()
+    time.sleep(0.5)
+    listener.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert sorted(acknowledged) == sorted(
+        f"K{batch}-{s}-{i}" for s in range(senders) for i in range(per_sender)
+    )
+    for s in range(senders):
+        for i in range(per_sender):
+            found = observations(
+                hospital_b, identifier=f"{_result_system(hub.org_b)}|K{batch}-{s}-{i}:WBC:"
+            )
+            assert len(found) == 1, f"K{batch}-{s}-{i}"
