@@ -106,19 +106,23 @@ async def run_transaction(
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     responses: list[dict[str, Any] | None] = [None] * len(entries)
     mapping = _assign_ids(entries)
+    uow.pending = []  # writes go out pipelined, before the first read and at the end
     matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
-    await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
+    resolved = await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
     for index in order:
+        if entries[index]["request"]["method"] in ("GET", "HEAD"):
+            await uow.flush()
         try:
             if index in matched:
                 responses[index] = _response(matched[index], base, 200)
                 continue
             responses[index] = await _entry(
-                hub, principal, uow, entries[index], context, base, mapping
+                hub, principal, uow, entries[index], context, base, mapping, resolved.get(index)
             )
         except FhirError as error:
             error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
             raise
+    await uow.flush()
     # Check references here, so the error can name the entry; the unit of work's own
     # check at commit would repeat the same query on the same set, so it is emptied.
     missing = await uow.resources.missing_references(uow.references)
@@ -153,32 +157,47 @@ async def _resolve_conditional_updates(
     uow: UnitOfWork,
     entries: list[dict[str, Any]],
     mapping: dict[str, str],
-) -> None:
-    """Point the ``urn:uuid`` of each conditional update at the resource it will write.
+) -> dict[int, list[StoredResource]]:
+    """Resolve every conditional update first, and point its ``urn:uuid`` at the resource it
+    will write: ``_assign_ids`` gave it a fresh id (used if nothing matches); a match replaces
+    it. With several matches the mapping is left alone: the update itself reports the 412.
 
-    ``_assign_ids`` gave it a fresh id (used if nothing matches); a match replaces it. With
-    several matches the mapping is left alone: the update itself reports the 412.
+    Returns what each entry's criteria matched, so the updates do not search again. Criteria
+    that are all one exact identifier (what adapters send) are resolved in one statement.
     """
-    for index, item in enumerate(entries):
-        request, full_url = item["request"], item.get("fullUrl")
-        resource_type = _conditional_update_type(request)
-        if resource_type is None or not isinstance(full_url, str) or full_url not in mapping:
-            continue
-        criteria = request["url"].split("?", 1)[1]
+    conditional = [
+        (index, resource_type, item["request"]["url"].split("?", 1)[1])
+        for index, item in enumerate(entries)
+        if (resource_type := _conditional_update_type(item["request"])) is not None
+    ]
+    if not conditional:
+        return {}
+    found: dict[int, list[StoredResource]] = {}
+    resolved = await hub.records.match_many(
+        uow, principal, [(resource_type, criteria) for _, resource_type, criteria in conditional]
+    )
+    for position, (index, resource_type, criteria) in enumerate(conditional):
         try:
-            existing = await hub.records.match_if_none_exist(
-                uow, principal, resource_type, criteria
-            )
+            if resolved is not None:
+                matches = resolved[position]
+            else:
+                matches = await hub.records.conditional_matches(
+                    uow, principal, resource_type, criteria
+                )
         except FhirError as error:
-            if error.status == 412:
-                continue
             error.diagnostics = f"Bundle.entry[{index}]: {error.diagnostics}"
             raise
+        found[index] = matches
+        item = entries[index]
+        full_url = item.get("fullUrl")
+        if len(matches) > 1 or not isinstance(full_url, str) or full_url not in mapping:
+            continue
         resource = item["resource"]  # a dict: _assign_ids maps only entries that have one
-        if existing is not None:
-            mapping[full_url] = f"{resource_type}/{existing.resource_id}"
+        if matches:
+            mapping[full_url] = f"{resource_type}/{matches[0].resource_id}"
         elif isinstance(resource.get("id"), str):
             mapping[full_url] = f"{resource_type}/{resource['id']}"
+    return found
 
 
 async def _resolve_conditional_creates(
@@ -221,7 +240,7 @@ async def _batch(
     for item in entries:
         try:
             async with unit_of_work(hub.database, transaction=True) as uow:
-                responses.append(await _entry(hub, principal, uow, item, context, base, {}))
+                responses.append(await _entry(hub, principal, uow, item, context, base, {}, None))
             audit.capture(uow)
         except FhirError as error:
             responses.append(
@@ -314,7 +333,9 @@ async def _entry(
     context: WriteContext,
     base: str,
     mapping: dict[str, str],
+    matches: list[StoredResource] | None,
 ) -> dict[str, Any]:
+    """One entry. ``matches``: what its conditional criteria matched, resolved already."""
     request = item["request"]
     method = request["method"]
     url = request["url"]
@@ -353,10 +374,20 @@ async def _entry(
         elif len(path) == 1 and parts.query:
             full_url = item.get("fullUrl")
             assigned = mapping.get(full_url) if isinstance(full_url, str) else None
-            if assigned:  # the id its urn:uuid was resolved to
+            new_id = None
+            if assigned and matches == [] and "id" not in resource:
+                new_id = assigned.split("/", 1)[1]  # a fresh id: nothing to read first
+            elif assigned:  # the id its urn:uuid was resolved to
                 resource = {**resource, "id": assigned.split("/", 1)[1]}
             result = await records.conditional_update(
-                uow, principal, path[0], parse_qsl(parts.query), resource, context
+                uow,
+                principal,
+                path[0],
+                parse_qsl(parts.query),
+                resource,
+                context,
+                matches,
+                new_id=new_id,
             )
         else:
             raise bad_request(f"PUT url must be Type/id or Type?criteria: {url!r}")

@@ -21,12 +21,12 @@ from hub.fhir.datetimes import DateFormatError, instant, parse_range
 from hub.fhir.indexing import Indexer, split_reference
 from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
-from hub.fhir.search import Cursor, SearchParser, SearchRequest
+from hub.fhir.search import Cursor, SearchParser, SearchRequest, TokenValue
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 from hub.identity.protection import IdentifierProtection
 from hub.identity.service import without_master_tag
 from hub.records.accession import accession_numbers, add_study_references
-from hub.records.unit_of_work import UnitOfWork, unknown_references
+from hub.records.unit_of_work import PendingWrite, UnitOfWork, unknown_references
 from hub.security import policy
 from hub.security.audit_events import AuditEventView
 from hub.security.principals import Principal
@@ -218,6 +218,38 @@ class RecordService:
             return self.present(principal, existing[0])
         return None
 
+    async def match_many(
+        self, uow: UnitOfWork, principal: Principal, conditions: list[tuple[str, str]]
+    ) -> list[list[StoredResource]] | None:
+        """Resolve many conditional criteria (``(type, "identifier=system|value")``) with one
+        lock statement and one lookup, as ``_conditional_match`` would one by one (same lock
+        keys, same matching). None when any criterion is not a single exact identifier: the
+        caller then matches one by one."""
+        wanted: list[tuple[str, str, str]] = []
+        keys: list[str] = []
+        for resource_type, criteria in conditions:
+            check_type(resource_type)
+            query = parse_qsl(criteria.lstrip("?").split("?", 1)[-1], keep_blank_values=True)
+            if len(query) != 1 or query[0][0] != "identifier":
+                return None
+            request = self._parse(resource_type, query, strict=True)
+            if len(request.criteria) != 1:
+                return None
+            criterion = request.criteria[0]
+            value = criterion.values[0] if len(criterion.values) == 1 else None
+            if (
+                criterion.modifier
+                or criterion.chain
+                or not isinstance(value, TokenValue)
+                or not value.system
+                or value.code is None
+            ):
+                return None
+            wanted.append((resource_type, value.system, value.code))
+            keys.append(f"{resource_type}?{sorted(query)}")
+        await uow.resources.advisory_locks(keys)
+        return await uow.resources.by_tokens("identifier", wanted, policy.read_filter(principal))
+
     async def update(
         self,
         uow: UnitOfWork,
@@ -227,7 +259,14 @@ class RecordService:
         resource: dict[str, Any],
         context: WriteContext,
         if_match: str | None = None,
+        known: StoredResource | None = None,
     ) -> WriteOutcome:
+        """Replace (or create with this id). ``known``: the current version as just read by
+        the caller; the write still checks it is current (and reads again if not).
+
+        An update that changes nothing but the metadata stores no new version (a resent
+        message, a Patient repeated in every result message): the current one is returned.
+        """
         check_type(resource_type)
         if resource.get("id") != resource_id:
             raise bad_request(
@@ -242,10 +281,14 @@ class RecordService:
             )
             if stored is not None:
                 return WriteOutcome(self.present(principal, stored), created=False)
+        current: StoredResource | None
         for _ in range(WRITE_ATTEMPTS):
-            current = await uow.resources.current(
-                resource_type, resource_id, lock=uow.in_transaction
-            )
+            if known is not None:
+                current, known = known, None
+            else:
+                current = await uow.resources.current(
+                    resource_type, resource_id, lock=uow.in_transaction
+                )
             exists = current is not None and not current.deleted
             policy.require(principal, resource_type, UPDATE if exists else CREATE)
             if current is not None and not policy.may_read_row(
@@ -256,6 +299,10 @@ class RecordService:
                 _check_if_match(if_match, current, resource_type, resource_id)
             if resource_type == "Patient" and current is not None:
                 await self.identity.guard_source_write(uow, resource_id)
+            if exists and if_match is None and self._unchanged(current, resource):
+                assert current is not None
+                self.note(uow, current, resource)
+                return WriteOutcome(self.present(principal, current), created=False, changed=False)
             owner = policy.owner_for_write(
                 principal, resource, current.owner_org if current else None, exists=exists
             )
@@ -275,6 +322,24 @@ class RecordService:
             # another writer changed it between our read and write: read again (If-Match, if
             # given, will now fail with 412)
         raise _write_conflict(resource_type, resource_id)
+
+    @staticmethod
+    def _deferrable(resource_type: str, body: dict[str, Any]) -> bool:
+        """Whether a write may wait for the Bundle's pipelined flush: not when something in
+        the same transaction reads what it writes (identity matching of Patients, accession
+        linking of studies and imaging reports)."""
+        if resource_type in ("Patient", "ImagingStudy"):
+            return False
+        return resource_type != "DiagnosticReport" or not any(accession_numbers(body))
+
+    def _unchanged(self, current: StoredResource | None, resource: dict[str, Any]) -> bool:
+        """Whether ``resource`` says exactly what the stored version says (metadata aside)."""
+        if current is None or current.content is None:
+            return False
+        stored = orjson.loads(current.content)
+        if self.protection.mentions_protected(stored):
+            stored = self.protection.reveal(stored, True)
+        return _content(stored) == _content(resource)
 
     async def _update_expected_version(
         self,
@@ -312,9 +377,17 @@ class RecordService:
         query: list[tuple[str, str]],
         resource: dict[str, Any],
         context: WriteContext,
+        matches: list[StoredResource] | None = None,
+        *,
+        new_id: str | None = None,
     ) -> WriteOutcome:
+        """Update what ``query`` matches, or create. ``matches``: the criteria were resolved
+        already (``match_many``, under the same lock), so they are not searched again.
+        ``new_id``: the id to create with when nothing matches (one the hub just assigned)."""
         check_type(resource_type)
-        matches = await self._conditional_match(uow, principal, resource_type, urlencode(query))
+        resolved = matches is not None  # by match_many: full rows, usable as the current one
+        if matches is None:
+            matches = await self._conditional_match(uow, principal, resource_type, urlencode(query))
         if len(matches) > 1:
             raise FhirError(
                 412, "multiple-matches", f"the conditional update matched {len(matches)} resources"
@@ -324,13 +397,21 @@ class RecordService:
             if resource.get("id") not in (None, resource_id):
                 raise bad_request("the resource id does not match the resource found")
             return await self.update(
-                uow, principal, resource_type, resource_id, {**resource, "id": resource_id}, context
+                uow,
+                principal,
+                resource_type,
+                resource_id,
+                {**resource, "id": resource_id},
+                context,
+                known=matches[0] if resolved else None,
             )
         if "id" in resource:
             return await self.update(
                 uow, principal, resource_type, resource["id"], resource, context
             )
-        return await self.create(uow, principal, resource_type, resource, context)
+        return await self.create(
+            uow, principal, resource_type, resource, context, resource_id=new_id
+        )
 
     async def delete(
         self,
@@ -411,6 +492,28 @@ class RecordService:
             uow.references |= references
             references = set()
         content = self.protection.sealed_json(body)
+        if uow.pending is not None and self._deferrable(resource_type, body):
+            statement = uow.resources.write_statement(
+                resource_type,
+                resource_id,
+                version,
+                now,
+                content,
+                rows,
+                method=method,
+                owner_org=owner,
+                context=context,
+                replace=replace,
+                required=references,
+                required_owner=required_owner,
+                live_only=live_only,
+            )
+            uow.pending.append(PendingWrite(statement, resource_type, resource_id, replace))
+            stored = StoredResource(
+                0, resource_type, resource_id, version, now, content, False, owner
+            )
+            self.note(uow, stored, body)
+            return stored
         written = await uow.resources.write(
             resource_type,
             resource_id,
@@ -489,6 +592,13 @@ class RecordService:
             replace=replace,
             source=False,
         )
+
+    async def conditional_matches(
+        self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
+    ) -> list[StoredResource]:
+        """What conditional ``criteria`` match (all of them; the caller decides about 412)."""
+        check_type(resource_type)
+        return await self._conditional_match(uow, principal, resource_type, criteria)
 
     async def _conditional_match(
         self, uow: UnitOfWork, principal: Principal, resource_type: str, criteria: str
@@ -738,6 +848,19 @@ class RecordService:
                 target_type, target_id, _ = split_reference(value["reference"])
                 if target_type == "Patient":
                     uow.patients.add(f"Patient/{target_id}")
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource without the metadata the server sets (version, time), for comparison."""
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    if meta:
+        body["meta"] = meta
+    return body
 
 
 def check_type(resource_type: str) -> None:

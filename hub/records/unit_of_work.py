@@ -13,13 +13,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
 from hub.fhir.outcomes import FhirError
 from hub.storage.database import Database
 from hub.storage.resources import ResourceRepository
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A version whose statement is queued to be sent with others (``UnitOfWork.flush``)."""
+
+    statement: tuple[str, list[Any]]
+    resource_type: str
+    resource_id: str
+    replace: bool
 
 
 @dataclass
@@ -30,9 +40,35 @@ class UnitOfWork:
     references: set[tuple[str, str]] = field(default_factory=set)
     entities: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
+    # Within a transaction Bundle: writes whose result nothing in the Bundle reads are queued
+    # here and sent pipelined by ``flush`` (None: every write is sent at once).
+    pending: list[PendingWrite] | None = None
+
+    async def flush(self) -> None:
+        """Send the queued writes in one pipeline; any that did not apply fails the work."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        results = await self.resources.write_many([p.statement for p in pending])
+        for write, result in zip(pending, results, strict=True):
+            if result.missing:
+                raise unknown_references(result.missing)
+            if result.pk is None and write.replace:
+                raise FhirError(
+                    503,
+                    "transient",
+                    f"{write.resource_type}/{write.resource_id} was changed by another request"
+                    " meanwhile; nothing was stored: retry",
+                    headers={"Retry-After": "1"},
+                )
+            if result.pk is None:
+                raise FhirError(
+                    409, "duplicate", f"{write.resource_type}/{write.resource_id} already exists"
+                )
 
     async def check_references(self) -> None:
         """Every local reference written in this transaction must name an existing resource."""
+        await self.flush()
         missing = await self.resources.missing_references(self.references)
         if missing:
             raise unknown_references(sorted(f"{t}/{i}" for t, i in missing))

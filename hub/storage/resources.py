@@ -251,6 +251,42 @@ class ResourceRepository:
         ``live_only``). ``owner_org`` None keeps the stored owner. ``required`` are local
         references that must exist: if any does not, nothing is written.
         """
+        sql, args = self.write_statement(
+            resource_type,
+            resource_id,
+            version_id,
+            last_updated,
+            content,
+            rows,
+            method=method,
+            owner_org=owner_org,
+            context=context,
+            replace=replace,
+            required=required,
+            required_owner=required_owner,
+            live_only=live_only,
+        )
+        row = await self.connection.fetchrow(sql, *args)
+        return WriteResult(row["pk"], sorted(row["missing"]))
+
+    @staticmethod
+    def write_statement(
+        resource_type: str,
+        resource_id: str,
+        version_id: int,
+        last_updated: datetime,
+        content: str | None,
+        rows: IndexRows,
+        *,
+        method: str,
+        owner_org: str | None,
+        context: WriteContext,
+        replace: bool = False,
+        required: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+        required_owner: str | None = None,
+        live_only: bool = False,
+    ) -> tuple[str, list[Any]]:
+        """The SQL and arguments of ``write`` (for ``write_many``)."""
         types = [t for t, _ in required]
         ids = [i for _, i in required]
         args = [
@@ -270,10 +306,21 @@ class ResourceRepository:
             ids,
         ]
         if replace:
-            row = await self.connection.fetchrow(UPDATE_SQL, *args, required_owner, live_only)
-        else:
-            row = await self.connection.fetchrow(CREATE_SQL, *args)
-        return WriteResult(row["pk"], sorted(row["missing"]))
+            return UPDATE_SQL, [*args, required_owner, live_only]
+        return CREATE_SQL, args
+
+    async def write_many(self, statements: list[tuple[str, list[Any]]]) -> list[WriteResult]:
+        """Run ``write_statement`` results pipelined (one round trip per kind of statement,
+        not per resource); results in the order given."""
+        results: list[WriteResult | None] = [None] * len(statements)
+        for sql in (CREATE_SQL, UPDATE_SQL):
+            positions = [i for i, (text, _) in enumerate(statements) if text is sql]
+            if not positions:
+                continue
+            rows = await self.connection.fetchmany(sql, [statements[i][1] for i in positions])
+            for position, row in zip(positions, rows, strict=True):
+                results[position] = WriteResult(row["pk"], sorted(row["missing"]))
+        return [r for r in results if r is not None]
 
     async def delete(
         self,
@@ -299,6 +346,54 @@ class ResourceRepository:
     async def advisory_lock(self, key: str) -> None:
         """Serialise concurrent conditional writes on the same criteria until commit."""
         await self.connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+    async def advisory_locks(self, keys: list[str]) -> None:
+        """``advisory_lock`` for many keys in one round trip, always in the same (hash) order,
+        so two transactions locking overlapping sets cannot deadlock on them."""
+        await self.connection.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(x, 0) AS k"
+            " FROM unnest($1::text[]) AS x ORDER BY 1) AS locks",
+            keys,
+        )
+
+    async def by_tokens(
+        self, param: str, wanted: list[tuple[str, str, str]], access: AccessFilter
+    ) -> list[list[StoredResource]]:
+        """For each (resource type, system, code): the live resources whose ``param`` token
+        has exactly that system and code and that ``access`` lets the caller see. One
+        statement for all of them (a conditional Bundle's lookups)."""
+        if not wanted:
+            return []
+        sql = Sql()
+        indexes = sql.add(list(range(len(wanted))))
+        types = sql.add([w[0] for w in wanted])
+        systems = sql.add([w[1] for w in wanted])
+        codes = sql.add([w[2] for w in wanted])
+        query = (
+            "SELECT DISTINCT q.i, r.pk, r.res_type, r.res_id, r.version_id, r.last_updated,"
+            " r.deleted, r.owner_org, r.content"
+            f" FROM unnest({indexes}::int[], {types}::text[], {systems}::text[], {codes}::text[])"
+            " AS q(i, t, s, c)"
+            " JOIN idx_token x ON x.res_type = q.t AND x.param = "
+            f"{sql.add(param)} AND x.code = q.c AND x.system = q.s"
+            " JOIN resource r ON r.pk = x.pk"
+            f" WHERE NOT r.deleted AND {access.sql(sql, 'r')} ORDER BY q.i, r.pk"
+        )
+        found: list[list[StoredResource]] = [[] for _ in wanted]
+        for row in await self.connection.fetch(query, *sql.params):
+            found[row["i"]].append(
+                StoredResource(
+                    row["pk"],
+                    row["res_type"],
+                    row["res_id"],
+                    row["version_id"],
+                    row["last_updated"],
+                    row["content"],
+                    row["deleted"],
+                    row["owner_org"],
+                )
+            )
+        return found
 
     # -- search -------------------------------------------------------------------------------
 
