@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -537,43 +538,93 @@ def _prepare_service(migrate: bool) -> Settings:
 @main.command()
 @click.option("--host", default=None, help="interface to bind (default 127.0.0.1)")
 @click.option("--port", default=None, type=int, help="port (default 2575)")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="listener processes sharing the port (SO_REUSEPORT); the kernel spreads connections",
+)
 @click.option("--migrate/--no-migrate", default=True, show_default=True)
 @click.option(
     "--drop-folders/--no-drop-folders",
     default=True,
     show_default=True,
-    help="also poll the feeds' file-drop folders",
+    help="also poll the feeds' file-drop folders (in the first process)",
 )
-def mllp(host: str | None, port: int | None, migrate: bool, drop_folders: bool) -> None:
+def mllp(
+    host: str | None, port: int | None, workers: int, migrate: bool, drop_folders: bool
+) -> None:
     """Run the HL7 v2 MLLP listener (and the feeds' drop folders)."""
+    settings = _prepare_service(migrate)
+    host = host or settings.mllp_host
+    port = port or settings.mllp_port
+    if workers <= 1:
+        _run(lambda: _serve_mllp(settings, host, port, drop_folders, reuse_port=False))
+        return
+    _fork_listeners(settings, host, port, workers, drop_folders)
+
+
+async def _serve_mllp(
+    settings: Settings, host: str, port: int, drop_folders: bool, *, reuse_port: bool
+) -> None:
+    """One listener process: the MLLP server (and the drop folders) until SIGTERM/SIGINT."""
     import signal
 
     from hub.ingest.files import DropFolders
     from hub.ingest.mllp import MllpServer
     from hub.runtime import Hub
 
-    settings = _prepare_service(migrate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(handled, stop.set)
+    hub = Hub.build(settings)
+    await hub.start()
+    server = MllpServer(hub, host, port, reuse_port=reuse_port)
+    folders = asyncio.create_task(DropFolders(hub).run(stop)) if drop_folders else None
+    try:
+        await server.start()
+        click.echo(f"MLLP listening on {server.host}:{server.port} (pid {os.getpid()})", err=True)
+        await stop.wait()
+    finally:
+        await server.stop()
+        if folders is not None:
+            await folders
+        await hub.stop()
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for handled in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(handled, stop.set)
-        hub = Hub.build(settings)
-        await hub.start()
-        server = MllpServer(hub, host or settings.mllp_host, port or settings.mllp_port)
-        folders = asyncio.create_task(DropFolders(hub).run(stop)) if drop_folders else None
-        try:
-            await server.start()
-            click.echo(f"MLLP listening on {server.host}:{server.port}", err=True)
-            await stop.wait()
-        finally:
-            await server.stop()
-            if folders is not None:
-                await folders
-            await hub.stop()
 
-    _run(run)
+def _fork_listeners(
+    settings: Settings, host: str, port: int, workers: int, drop_folders: bool
+) -> None:
+    """Fork ``workers`` listener processes on one port; forward SIGTERM/SIGINT; wait."""
+    import signal
+
+    children: list[int] = []
+    for number in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a listener: its own event loop, pool and hub
+            code = 0
+            polls = drop_folders and number == 0
+            try:
+                asyncio.run(_serve_mllp(settings, host, port, polls, reuse_port=True))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = False
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed = failed or os.waitstatus_to_exitcode(status) != 0
+    if failed:
+        sys.exit(1)
 
 
 @main.command()
