@@ -608,6 +608,9 @@ def _fork_listeners(
             try:
                 asyncio.run(_serve_mllp(settings, host, port, polls, reuse_port=True))
             except BaseException:
+                import traceback
+
+                traceback.print_exc()
                 code = 1
             os._exit(code)
         children.append(pid)
