@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make venv    create $(VENV) and install the project with dev extras"
-	@echo "make demo    run 'yijian demo' (embedded database, API, MLLP, DICOM, worker)"
+	@echo "make demo    run 'yijian demo' (embedded database, API, MLLP listener, worker)"
 	@echo "make test    run the test suite (PYTEST_ARGS='-k foo -x' to pass options)"
 	@echo "make bench   run every benchmark module under bench/"
 	@echo "make lint    ruff check + ruff format --check"

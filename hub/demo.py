@@ -1,31 +1,57 @@
 """``yijian demo``: the whole hub on one machine, with data from several simulated hospitals.
 
 It uses the embedded PostgreSQL unless ``YIJIAN_DATABASE_URL`` is set, applies migrations,
-registers three demo hospitals and one client of each kind, starts the API, loads each
-hospital's patients and lab results through the real FHIR API (as transaction Bundles with
-conditional creates, so running the demo again adds nothing twice), and prints the URLs and
-credentials. Client secrets are reset on every start, since they are shown only once.
+registers three demo hospitals, one client of each kind and the hospitals' feeds (two LIS that
+send HL7 v2 over MLLP, in GBK and in UTF-8, with the demo LIS code map; a RIS whose reports also
+arrive as files in a drop folder). It then runs, in this process, the API, the MLLP listener
+and the drop-folder poller, and ``yijian worker`` as a child process. The demo data goes in
+through the real edges: each hospital's patients and results as FHIR transaction Bundles
+(conditional creates), lab results as ORU^R01 messages over MLLP and a CT report as a file in
+the drop folder. The messages have fixed control ids, so a re-run is answered from the message
+log: running the demo again stores nothing twice. It prints the URLs, the feeds and the
+credentials; client secrets are reset on every start, since they are shown only once.
+
+SIGINT/SIGTERM stop everything in order: the MLLP listener (messages in flight are still
+answered), the drop-folder poller, the API and the worker; the embedded PostgreSQL at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
-from dataclasses import dataclass
-from typing import Any
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import click
 import httpx
 import uvicorn
 
+import fhir_profiles
 from hub import logs
 from hub.api.app import create_app
 from hub.lifecycle import exit_cleanly_after_shutdown
-from hub.settings import load_settings
+from hub.settings import Settings, load_settings
 from hub.storage.database import resolve_database_url
 from hub.storage.migrate import upgrade
 
+if TYPE_CHECKING:
+    from hub.ingest.mllp import MllpServer
+    from hub.runtime import Hub
+
 HOSPITAL_SYSTEM = "https://yijian.example/hospital"
 RESIDENT_ID = "https://yijian-hub.org/fhir/sid/resident-id"
+ACTOR = "cli:demo"
+START_BLOCK, END_BLOCK = b"\x0b", b"\x1c\r"
+WORKER_STOP_SECONDS = 30.0
+DROP_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,46 +101,471 @@ LAB_PANEL = (
 )
 
 
-def run_demo(host: str, port: int) -> None:
+# -- inbound feeds and their HL7 v2 messages -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoFeed:
+    feed: str
+    hospital: str  # DemoHospital.code; also the PID-3 assigning authority of its MRNs
+    facility: str  # MSH-4: how a message finds its feed
+    application: str  # MSH-3
+    encoding: str
+    description: str
+    imaging: bool = False
+    drop_folder: bool = False
+
+
+FEEDS = (
+    DemoFeed("demo-h1-lis", "DEMO-H1", "DEMO-H1-LIS", "LIS", "gbk", "LIS"),
+    DemoFeed("demo-h2-lis", "DEMO-H2", "DEMO-H2-LIS", "LIS", "utf-8", "LIS"),
+    DemoFeed(
+        "demo-h3-ris",
+        "DEMO-H3",
+        "DEMO-H3-RIS",
+        "RIS",
+        "utf-8",
+        "RIS (imaging reports)",
+        imaging=True,
+        drop_folder=True,
+    ),
+)
+DEMO_CODE_MAP = "conceptmaps/demo-lis.json"  # local LIS codes → LOINC, for both LIS feeds
+CHARSETS = {"utf-8": "UNICODE UTF-8", "gbk": "GBK"}  # MSH-18
+
+# local code, name, value, unit, reference range, abnormal flag: as a Chinese LIS sends them
+Result = tuple[str, str, str, str, str, str]
+CBC_FEMALE: tuple[Result, ...] = (
+    ("WBC", "白细胞计数", "6.52", "10^9/L", "3.5-9.5", "N"),
+    ("RBC", "红细胞计数", "4.21", "10^12/L", "3.8-5.1", "N"),
+    ("HGB", "血红蛋白", "118", "g/L", "115-150", "N"),
+    ("HCT", "红细胞压积", "36.2", "%", "35-45", "N"),
+    ("PLT", "血小板计数", "356", "10^9/L", "125-350", "H"),
+    ("NEUT%", "中性粒细胞百分比", "71.3", "%", "40-75", "N"),
+    ("LYMPH%", "淋巴细胞百分比", "19.8", "%", "20-50", "L"),
+    # not in the demo code map: stored under the local code and listed by 'yijian codes unmapped'
+    ("P-LCR", "大型血小板比率", "31.5", "%", "13-43", "N"),
+)
+CBC_MALE: tuple[Result, ...] = (
+    ("WBC", "白细胞计数", "7.84", "10^9/L", "3.5-9.5", "N"),
+    ("RBC", "红细胞计数", "5.02", "10^12/L", "4.3-5.8", "N"),
+    ("HGB", "血红蛋白", "152", "g/L", "130-175", "N"),
+    ("HCT", "红细胞压积", "45.1", "%", "40-50", "N"),
+    ("PLT", "血小板计数", "231", "10^9/L", "125-350", "N"),
+    ("NEUT%", "中性粒细胞百分比", "58.2", "%", "40-75", "N"),
+    ("LYMPH%", "淋巴细胞百分比", "32.5", "%", "20-50", "N"),
+)
+LIVER_MALE: tuple[Result, ...] = (
+    ("ALT", "丙氨酸氨基转移酶", "52", "U/L", "9-50", "H"),
+    ("AST", "天门冬氨酸氨基转移酶", "38", "U/L", "15-40", "N"),
+    ("TBIL", "总胆红素", "15.2", "umol/L", "3.4-20.5", "N"),
+    ("ALB", "白蛋白", "41.2", "g/L", "40-55", "N"),
+    ("GGT", "γ-谷氨酰转移酶", "61", "U/L", "10-60", "H"),
+)
+LIVER_FEMALE: tuple[Result, ...] = (
+    ("ALT", "丙氨酸氨基转移酶", "18", "U/L", "7-40", "N"),
+    ("AST", "天门冬氨酸氨基转移酶", "21", "U/L", "13-35", "N"),
+    ("TBIL", "总胆红素", "12.4", "μmol/L", "3.4-20.5", "N"),
+    ("ALB", "白蛋白", "44.6", "g/L", "40-55", "N"),
+)
+KIDNEY_FEMALE: tuple[Result, ...] = (
+    ("CREA", "肌酐", "61", "μmol/L", "41-73", "N"),
+    ("UREA", "尿素", "4.8", "mmol/L", "2.6-7.5", "N"),
+    ("UA", "尿酸", "286", "μmol/L", "155-357", "N"),
+)
+
+
+@dataclass(frozen=True)
+class DemoOrder:
+    placer: str  # ORC-2/OBR-2
+    filler: str  # ORC-3/OBR-3: identifies the report
+    code: str  # OBR-4
+    name: str
+    specimen: str  # OBR-15
+    section: str  # OBR-24
+    results: tuple[Result, ...] = ()
+    # imaging: the accession number (OBR-18) and the report text as (OBX-3, text)
+    accession: str = ""
+    text: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class DemoMessage:
+    control_id: str  # MSH-10, fixed: a re-run is answered from the message log
+    feed: str
+    mrn: str
+    department: str  # PV1-3
+    collected: str  # YYYYMMDDHHMMSS
+    reported: str
+    orders: tuple[DemoOrder, ...] = field(default_factory=tuple)
+
+
+MLLP_MESSAGES = (
+    DemoMessage(
+        "DEMO-H1-LIS-20261119-0001",
+        "demo-h1-lis",
+        "A1001",
+        "内科门诊",
+        "20261119082000",
+        "20261119103000",
+        (DemoOrder("H1AP261119001", "H1XS261119001", "CBC", "血常规", "全血", "LAB", CBC_FEMALE),),
+    ),
+    DemoMessage(
+        "DEMO-H1-LIS-20261119-0002",
+        "demo-h1-lis",
+        "A1002",
+        "消化内科门诊",
+        "20261119083500",
+        "20261119113000",
+        (DemoOrder("H1AP261119002", "H1SH261119002", "LFT", "肝功能", "血清", "LAB", LIVER_MALE),),
+    ),
+    DemoMessage(
+        "DEMO-H2-LIS-20261120-0001",
+        "demo-h2-lis",
+        "B2001",
+        "肾内科门诊",
+        "20261120081500",
+        "20261120112000",
+        (
+            DemoOrder(
+                "H2AP261120001", "H2SH261120001", "LFT", "肝功能", "血清", "LAB", LIVER_FEMALE
+            ),
+            DemoOrder(
+                "H2AP261120002", "H2SH261120002", "RFT", "肾功能", "血清", "LAB", KIDNEY_FEMALE
+            ),
+        ),
+    ),
+    DemoMessage(
+        "DEMO-H2-LIS-20261120-0002",
+        "demo-h2-lis",
+        "B2002",
+        "体检中心",
+        "20261120090000",
+        "20261120101500",
+        (DemoOrder("H2AP261120003", "H2XS261120003", "CBC", "血常规", "全血", "LAB", CBC_MALE),),
+    ),
+)
+DROPPED_MESSAGES = (
+    DemoMessage(
+        "DEMO-H3-RIS-20261121-0001",
+        "demo-h3-ris",
+        "C3001",
+        "呼吸内科门诊",
+        "20261121150000",
+        "20261121161500",
+        (
+            DemoOrder(
+                "H3CTAP261121001",
+                "H3CTR261121001",
+                "CTCHEST",
+                "胸部CT平扫",
+                "",
+                "CT",
+                accession="CT20261121000101",
+                text=(
+                    ("GDT^检查所见^L", "胸廓对称，气管居中。"),
+                    ("GDT^检查所见^L", "右肺上叶尖段见一磨玻璃结节，大小约6mm×5mm，边界清楚。"),
+                    ("GDT^检查所见^L", "纵隔内未见肿大淋巴结，双侧胸腔未见积液。"),
+                    ("IMP^诊断意见^L", "1. 右肺上叶磨玻璃结节，建议12个月后复查。"),
+                    ("IMP^诊断意见^L", "2. 余胸部CT平扫未见明显异常。"),
+                ),
+            ),
+        ),
+    ),
+)
+# Written to DATA_DIR/demo/ for people to send themselves (mllp_send --loose --file ...).
+EXAMPLE_MESSAGE = DemoMessage(
+    "DEMO-H2-LIS-TRY-0001",
+    "demo-h2-lis",
+    "B2002",
+    "内分泌科门诊",
+    "20261122080000",
+    "20261122093000",
+    (
+        DemoOrder(
+            "H2AP261122001",
+            "H2SH261122001",
+            "DM",
+            "糖尿病监测",
+            "血清",
+            "LAB",
+            (
+                ("GLU", "葡萄糖", "5.6", "mmol/L", "3.9-6.1", "N"),
+                ("HbA1c", "糖化血红蛋白", "5.9", "%", "4.0-6.0", "N"),
+            ),
+        ),
+    ),
+)
+
+
+def _feed(feed_id: str) -> DemoFeed:
+    return next(f for f in FEEDS if f.feed == feed_id)
+
+
+def _patient(hospital_code: str, mrn: str) -> tuple[str, str, str, str, str, str]:
+    hospital = next(h for h in HOSPITALS if h.code == hospital_code)
+    return next(p for p in hospital.patients if p[0] == mrn)
+
+
+def _segment(name: str, fields: dict[int, str]) -> str:
+    return "|".join([name, *(fields.get(n, "") for n in range(1, max(fields) + 1))])
+
+
+def oru_message(message: DemoMessage, separator: str = "\r") -> bytes:
+    """The ORU^R01 of a demo message, encoded as its feed declares (always the same bytes)."""
+    feed = _feed(message.feed)
+    mrn, family, given, gender, birth, resident_id = _patient(feed.hospital, message.mrn)
+    ids = f"{mrn}^^^{feed.hospital}^MR"
+    if resident_id:
+        ids += f"~{resident_id}^^^SFZ^NNCHN"
+    segments = [
+        f"MSH|^~\\&|{feed.application}|{feed.facility}|YIJIAN|YIJIAN-HUB|{message.reported}"
+        f"||ORU^R01^ORU_R01|{message.control_id}|P|2.4|||AL|NE|CHN|{CHARSETS[feed.encoding]}",
+        _segment(
+            "PID",
+            {
+                1: "1",
+                3: ids,
+                5: f"{family}^{given}",
+                7: birth.replace("-", ""),
+                8: gender[0].upper(),
+            },
+        ),
+        _segment("PV1", {1: "1", 2: "O", 3: message.department}),
+    ]
+    for index, order in enumerate(message.orders, start=1):
+        segments.append(_segment("ORC", {1: "RE", 2: order.placer, 3: order.filler, 5: "CM"}))
+        obr = {
+            1: str(index),
+            2: order.placer,
+            3: order.filler,
+            4: f"{order.code}^{order.name}^L",
+            7: message.collected,
+            14: message.collected,
+            15: order.specimen,
+            22: message.reported,
+            24: order.section,
+            25: "F",
+        }
+        if order.accession:
+            obr[18] = order.accession
+        segments.append(_segment("OBR", obr))
+        for number, (code, name, value, unit, reference, flag) in enumerate(order.results, 1):
+            segments.append(
+                _segment(
+                    "OBX",
+                    {
+                        1: str(number),
+                        2: "NM",
+                        3: f"{code}^{name}^L",
+                        5: value,
+                        6: unit,
+                        7: reference,
+                        8: flag,
+                        11: "F",
+                        14: message.collected,
+                    },
+                )
+            )
+        for number, (kind, text) in enumerate(order.text, 1):
+            segments.append(_segment("OBX", {1: str(number), 2: "TX", 3: kind, 5: text, 11: "F"}))
+    return (separator.join(segments) + separator).encode(feed.encoding)
+
+
+# -- the demo process ----------------------------------------------------------------------------
+
+
+def run_demo(host: str, port: int, mllp_port: int | None = None) -> None:
+    """Run the demo until SIGINT/SIGTERM. ``mllp_port`` None: ``YIJIAN_MLLP_PORT`` (2575)."""
     logs.configure("WARNING")
-    url = resolve_database_url(load_settings())
+    settings = load_settings()
+    if mllp_port is None:
+        mllp_port = settings.mllp_port
+    if mllp_port == port:
+        raise click.ClickException(f"the API and the MLLP listener cannot share port {port}")
+    # Before anything starts: a port in use is a message and exit status 1, not a traceback.
+    _check_port(host, port, "the API", "--port")
+    _check_port(host, mllp_port, "the MLLP listener", "--mllp-port")
+    url = resolve_database_url(settings)
     os.environ["YIJIAN_DATABASE_URL"] = url
     upgrade(url)
     exit_cleanly_after_shutdown()  # so the embedded PostgreSQL is stopped on Ctrl-C/SIGTERM
-    asyncio.run(_demo(host, port, url))
+    try:
+        asyncio.run(_demo(host, port, mllp_port, url))
+    finally:
+        exit_cleanly_after_shutdown()  # the event loop's signal handlers are gone again
 
 
-async def _demo(host: str, port: int, url: str) -> None:
+def _check_port(host: str, port: int, what: str, option: str) -> None:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            probe.bind(address)
+    except OSError as error:
+        reason = (
+            "is already in use"
+            if error.errno == errno.EADDRINUSE
+            else f"cannot be used ({error.strerror or error})"
+        )
+        raise click.ClickException(
+            f"{host}:{port} for {what} {reason}; stop what is using it or choose another port"
+            f" with {option}"
+        ) from None
+
+
+class _DemoServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the demo stops every part itself, in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _Parts:
+    """What the demo has started, so that a stop (or a failed start) stops exactly that."""
+
+    hub: Hub
+    server: _DemoServer
+    server_task: asyncio.Task[None] | None = None
+    mllp: MllpServer | None = None
+    folders_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    folders_task: asyncio.Task[None] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    worker_log: Path | None = None
+
+    async def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()  # Celery's warm shutdown, alongside the rest
+        if self.mllp is not None:
+            await self.mllp.stop()
+        self.folders_stop.set()
+        if self.folders_task is not None:
+            await self.folders_task
+        if self.server_task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self.server_task  # the app's lifespan stops the hub
+        else:
+            await self.hub.database.dispose()
+        if self.worker is not None:
+            await _wait_for_worker(self.worker)
+
+
+async def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:
+    try:
+        await asyncio.to_thread(worker.wait, WORKER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool processes
+        await asyncio.to_thread(worker.wait)
+
+
+async def _demo(host: str, port: int, mllp_port: int, url: str) -> None:
+    from hub.runtime import Hub
+
     settings = load_settings(database_url=url)
-    credentials = await _register(settings)
-    server = uvicorn.Server(
+    hub = Hub.build(settings)
+    server = _DemoServer(
         uvicorn.Config(
-            create_app(settings), host=host, port=port, log_config=None, access_log=False
+            create_app(settings, hub), host=host, port=port, log_config=None, access_log=False
         )
     )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
+    parts = _Parts(hub, server)
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: do not wait for connections or the worker
+            server.force_exit = True
+            if parts.worker is not None and parts.worker.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(parts.worker.pid, signal.SIGKILL)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(handled, on_signal)
+    starting = asyncio.create_task(_start(parts, settings, host, port, mllp_port, url))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
             return
+        starting.result()  # a failed start raises here (after the finally below)
+        assert parts.server_task is not None
+        worker_reported = False
+        while not stop.is_set() and not parts.server_task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if parts.worker and parts.worker.poll() is not None and not worker_reported:
+                worker_reported = True
+                print(
+                    f"yijian demo: the worker exited with status {parts.worker.returncode};"
+                    f" see {parts.worker_log}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if not stop.is_set():
+            raise click.ClickException("the API stopped unexpectedly")
+    finally:
+        stopping.cancel()
+        await parts.stop()
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(handled)
+
+
+async def _start(
+    parts: _Parts, settings: Settings, host: str, port: int, mllp_port: int, url: str
+) -> None:
+    from hub.ingest.files import DropFolders
+    from hub.ingest.mllp import MllpServer
+
+    hub = parts.hub
+    data_dir = settings.data_dir.resolve()
+    credentials = await _register(hub)
+    backfill = await _register_feeds(hub, credentials, data_dir)
+    parts.worker, parts.worker_log = _start_worker(url, data_dir)
+    parts.server_task = asyncio.create_task(parts.server.serve())
+    while not parts.server.started:
+        if parts.server_task.done():
+            parts.server_task.result()
+            raise click.ClickException(f"the API could not start on {host}:{port}")
         await asyncio.sleep(0.05)
-    base = f"http://{host}:{port}"
+    parts.mllp = MllpServer(hub, host, mllp_port)
+    try:
+        await parts.mllp.start()
+    except OSError as error:
+        parts.mllp = None
+        raise click.ClickException(
+            f"the MLLP listener cannot listen on {host}:{mllp_port} ({error.strerror or error});"
+            " choose another port with --mllp-port"
+        ) from None
+    parts.folders_task = asyncio.create_task(DropFolders(hub).run(parts.folders_stop))
+    base = f"http://{_client_host(host)}:{port}"
     loaded = await _load(base, credentials)
-    _print_banner(base, credentials, loaded, url)
-    await task
+    inbound = await _send_hl7(hub, _client_host(host), mllp_port, data_dir)
+    inbound.backfill = backfill
+    inbound.example = _write_example(data_dir)
+    _print_banner(base, credentials, loaded, url, inbound, parts)
 
 
-async def _register(settings: Any) -> dict[str, dict[str, str]]:
+def _client_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+async def _register(hub: Hub) -> dict[str, dict[str, str]]:
     """Demo organizations and clients; returns role → {client_id, client_secret, org}."""
     from hub.records.unit_of_work import unit_of_work
-    from hub.runtime import Hub
     from hub.security.clients import ClientRegistry
     from hub.security.principals import ClientKind, Principal
     from hub.storage.resources import WriteContext
 
-    hub = Hub.build(settings)
     operator = Principal(
-        "cli:demo", "demo loader", ClientKind.ADMIN, "hub", frozenset({"system/*.cruds"})
+        ACTOR, "demo loader", ClientKind.ADMIN, "hub", frozenset({"system/*.cruds"})
     )
     orgs = {}
     async with unit_of_work(hub.database, transaction=True) as uow:
@@ -152,8 +603,160 @@ async def _register(settings: Any) -> dict[str, dict[str, str]]:
             else:
                 client_id, secret = client.client_id, await registry.reset_secret(client.client_id)
             credentials[role] = {"client_id": client_id, "client_secret": secret, "org": org}
-    await hub.database.dispose()
     return credentials
+
+
+def _short_name(hospital: DemoHospital) -> str:
+    return hospital.name.split(" (")[0]
+
+
+def _drop_folder(data_dir: Path, feed: DemoFeed) -> Path:
+    return data_dir / "drop" / feed.hospital
+
+
+async def _register_feeds(hub: Hub, credentials: dict[str, dict[str, str]], data_dir: Path) -> int:
+    """The demo hospitals' feeds (saved again on every start: idempotent) and the demo code
+    map of the LIS feeds. Returns how many mappings are new or changed; their back-fill (of
+    results stored while they were missing) is queued for the worker."""
+    from hub.ingest.feeds import FeedConfig, FeedInputs
+
+    code_map = fhir_profiles.load(DEMO_CODE_MAP)
+    changed = 0
+    for demo in FEEDS:
+        hospital = next(h for h in HOSPITALS if h.code == demo.hospital)
+        folder = _drop_folder(data_dir, demo) if demo.drop_folder else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        feed = FeedConfig(
+            feed=demo.feed,
+            organization=credentials[f"hospital:{demo.hospital}"]["org"],
+            name=f"{_short_name(hospital)} {demo.description}",
+            sending_facility=demo.facility,
+            encoding=demo.encoding,  # type: ignore[arg-type]
+            inputs=FeedInputs(file_drop=folder),
+            identifiers={demo.hospital: "mrn", "SFZ": "resident-id"},
+            options={"kind": "imaging"} if demo.imaging else {},
+        )
+        await hub.ingest.feeds.register(feed)
+        if demo.imaging:
+            continue
+        codes = await hub.ingest.import_concept_map(demo.feed, code_map, ACTOR)
+        if codes:
+            await hub.ingest.schedule_backfill(feed.local_code_system, codes)
+            changed += len(codes)
+    return changed
+
+
+def _start_worker(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """``yijian worker --beat`` as a child process (Celery installs its own signal handlers),
+    on the same database and data directory (hence the same embedded broker)."""
+    log_path = data_dir / "logs" / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    executable = Path(sys.executable).parent / "yijian"
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "hub.cli"]
+    env = {
+        **os.environ,
+        "YIJIAN_DATABASE_URL": url,
+        "YIJIAN_DATA_DIR": str(data_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [*command, "worker", "--beat", "--concurrency", "1"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own process group: a terminal's Ctrl-C reaches only the demo, which stops
+            # the worker itself (after the listener), and a stuck worker can be killed whole.
+            start_new_session=True,
+        )
+    return process, log_path
+
+
+@dataclass
+class _Inbound:
+    """What the HL7 v2 part of the loading did, for the banner."""
+
+    sent: int = 0
+    accepted: int = 0
+    new: int = 0
+    problems: list[str] = field(default_factory=list)
+    backfill: int = 0
+    example: Path | None = None
+
+
+async def _send_hl7(hub: Hub, host: str, port: int, data_dir: Path) -> _Inbound:
+    """The demo's ORU^R01 messages, through the real edges: each LIS's messages over one MLLP
+    connection to the listener, the RIS report as a file in its feed's drop folder."""
+    from hub.ingest.ledger import MessageLog
+
+    inbound = _Inbound()
+    known = set()
+    async with hub.database.connection() as conn:
+        for message in (*MLLP_MESSAGES, *DROPPED_MESSAGES):
+            if await MessageLog(conn).find(message.feed, message.control_id) is not None:
+                known.add(message.control_id)
+    for feed in FEEDS:
+        messages = [m for m in MLLP_MESSAGES if m.feed == feed.feed]
+        if not messages:
+            continue
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for message in messages:
+                writer.write(START_BLOCK + oru_message(message) + END_BLOCK)
+                await writer.drain()
+                frame = await asyncio.wait_for(reader.readuntil(END_BLOCK), 60)
+                code, reason = _acknowledgement(frame, feed.encoding)
+                inbound.sent += 1
+                if code == "AA":
+                    inbound.accepted += 1
+                    inbound.new += message.control_id not in known
+                else:
+                    inbound.problems.append(f"{message.control_id}: {code} {reason}")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    for message in DROPPED_MESSAGES:
+        folder = _drop_folder(data_dir, _feed(message.feed))
+        name = f"{message.control_id}.hl7"
+        for done in ("processed", "failed"):
+            (folder / done / name).unlink(missing_ok=True)  # left by an earlier run
+        partial = folder / f".{name}.part"  # dot files are not picked up
+        partial.write_bytes(oru_message(message))
+        partial.replace(folder / name)
+        inbound.sent += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DROP_WAIT_SECONDS
+        while (folder / name).exists() and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        if (folder / "processed" / name).exists():
+            inbound.accepted += 1
+            inbound.new += message.control_id not in known
+        elif (folder / name).exists():
+            inbound.problems.append(f"{name}: not taken from {folder} yet")
+        else:
+            inbound.problems.append(f"{name}: refused (see 'yijian deadletter list')")
+    return inbound
+
+
+def _acknowledgement(frame: bytes, encoding: str) -> tuple[str, str]:
+    """(MSA-1, MSA-3) of an ACK."""
+    text = frame.strip(START_BLOCK + END_BLOCK + b"\n").decode(encoding, errors="replace")
+    for segment in text.split("\r"):
+        fields = segment.split("|")
+        if fields[0] == "MSA":
+            return fields[1] if len(fields) > 1 else "", fields[3] if len(fields) > 3 else ""
+    return "", text[:200]
+
+
+def _write_example(data_dir: Path) -> Path:
+    """An ORU^R01 for people to send themselves (one segment a line, for ``mllp_send --loose``)."""
+    path = data_dir / "demo" / "oru-try-me.hl7"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(oru_message(EXAMPLE_MESSAGE, separator="\n"))
+    return path
 
 
 async def _load(base: str, credentials: dict[str, dict[str, str]]) -> int:
@@ -309,7 +912,31 @@ def _patient_bundle(hospital: DemoHospital, org: str, patient: tuple[str, ...]) 
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def _print_banner(base: str, credentials: dict[str, dict[str, str]], loaded: int, db: str) -> None:
+def _command(name: str) -> str:
+    """How to call one of this environment's scripts from the current directory."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    try:
+        relative = path.relative_to(Path.cwd())
+    except ValueError:
+        return str(path)
+    return str(relative) if relative.parts[0].startswith(".") else f"./{relative}"
+
+
+def _print_banner(
+    base: str,
+    credentials: dict[str, dict[str, str]],
+    loaded: int,
+    db: str,
+    inbound: _Inbound,
+    parts: _Parts,
+) -> None:
+    hub = parts.hub
+    data_dir = hub.settings.data_dir.resolve()
+    assert parts.mllp is not None and parts.worker is not None
+    mllp = f"{_client_host(parts.mllp.host)}:{parts.mllp.port}"
+    dropped = len(DROPPED_MESSAGES)
     lines = [
         "",
         "Yijian Hub (医检互认平台) demo is running.  Ctrl-C stops it.",
@@ -317,18 +944,48 @@ def _print_banner(base: str, credentials: dict[str, dict[str, str]], loaded: int
         f"  OAuth2 token         {base}/auth/token  (grant_type=client_credentials)",
         f"  Health / metrics     {base}/healthz  {base}/metrics",
         f"  API docs             {base}/api/docs",
+        f"  HL7 v2 MLLP          {mllp}  (ORU^R01; MSH-4 chooses the feed; ACK after commit)",
+        f"  Drop folder          {_drop_folder(data_dir, FEEDS[2])}/  (*.hl7 of {FEEDS[2].feed})",
+        f"  Worker               yijian worker --beat, pid {parts.worker.pid}"
+        f"  (log: {parts.worker_log})",
+        *(
+            [f"                       queued: back-fill of {inbound.backfill} new code mappings"]
+            if inbound.backfill
+            else []
+        ),
         f"  Database             {'embedded PostgreSQL' if 'host=/' in db else db}",
-        f"  Demo data            3 hospitals; {loaded} resources created this run "
+        f"  Demo data            3 hospitals; FHIR: {loaded} resources created this run "
         "(0 on a re-run: pushes are idempotent)",
-        "  Not yet in this build: MLLP listener, DICOM receiver, worker, web workstation",
-        "",
-        "Demo clients (secrets are reset each time the demo starts):",
+        f"                       HL7 v2: {len(MLLP_MESSAGES)} ORU^R01 over MLLP + {dropped} CT"
+        f" report via the drop folder, {inbound.accepted} of {inbound.sent} acknowledged AA,"
+        f" {inbound.new} new this run",
+        "                       (fixed control ids: a re-run is answered from the message log,"
+        " nothing is stored twice)",
     ]
+    lines += [f"  ! not accepted: {problem}" for problem in inbound.problems]
+    lines += [
+        "  Not yet in this build: DICOM receiver, web workstation",
+        "",
+        "Feeds (PID-3 authorities: DEMO-Hn → the hospital's MRN, SFZ → resident ID):",
+    ]
+    for demo in FEEDS:
+        inputs = "MLLP, drop folder" if demo.drop_folder else "MLLP"
+        hospital = next(h for h in HOSPITALS if h.code == demo.hospital)
+        codes = "" if demo.imaging else "; codes: demo LIS map → LOINC"
+        lines.append(
+            f"  {demo.feed:<12} MSH-4 {demo.facility:<12} {demo.encoding.upper():<6} "
+            f"{inputs:<18} {_short_name(hospital)} {demo.description}{codes}"
+        )
+    lines += ["", "Demo clients (secrets are reset each time the demo starts):"]
     for role, creds in credentials.items():
         lines.append(
             f"  {role:<20} client_id={creds['client_id']}  client_secret={creds['client_secret']}"
         )
     doctor = credentials["doctor"]
+    yijian = _command("yijian")
+    in_data_dir = (
+        f"YIJIAN_DATA_DIR={data_dir} " if os.environ.get("YIJIAN_DATA_DIR") is not None else ""
+    )
     lines += [
         "",
         "Try:",
@@ -337,11 +994,22 @@ def _print_banner(base: str, credentials: dict[str, dict[str, str]], loaded: int
         "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
         f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/Observation?'
         "code=http://loinc.org|718-7&_include=Observation:subject&_pretty=true'",
-        "  # 王芳 is at hospitals 1 and 2 with one ID number: one master patient, both results",
-        f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/Observation?'
-        f"patient.identifier={RESIDENT_ID}|330102198603140020&_pretty=true'",
+        "  # 王芳 is at hospitals 1 and 2 with one ID number: one master patient. Her reports from",
+        "  # both, pushed as FHIR and received as HL7 v2 (血常规 from 1, 肝功能/肾功能 from 2):",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/DiagnosticReport?'
+        f"patient.identifier={RESIDENT_ID}|330102198603140020"
+        "&_include=DiagnosticReport:result&_pretty=true'",
         "  # 陈小明 (hospital 3, no ID) may be 陈晓明 (hospital 2): waiting for an operator",
-        "  yijian identity reviews",
+        f"  {in_data_dir}{yijian} identity reviews",
+        "  # the inbound side: feeds, local codes without a LOINC mapping (P-LCR from hospital 1),",
+        "  # refused messages (dead letters)",
+        f"  {in_data_dir}{yijian} feeds list",
+        f"  {in_data_dir}{yijian} codes unmapped",
+        f"  {in_data_dir}{yijian} deadletter list",
+        "  # send an ORU^R01 yourself with the hl7 package's mllp_send (it prints the ACK; the",
+        "  # same message again is acknowledged again and stored once):",
+        f"  {_command('mllp_send')} --loose --file {inbound.example} --port {parts.mllp.port}"
+        f" {_client_host(parts.mllp.host)}",
         "",
     ]
     print("\n".join(lines), flush=True)

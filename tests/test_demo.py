@@ -1,7 +1,9 @@
-"""`yijian demo` end to end: embedded database, demo hospitals, printed credentials that work."""
+"""`yijian demo` end to end: embedded database, demo hospitals, printed credentials that work,
+the inbound side (MLLP listener, drop folder, worker) and an idempotent second start."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -9,70 +11,186 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import hl7
 import httpx
+from hl7.client import MLLPClient, read_loose
 
 from tests.conftest import YIJIAN, _free_port
 
+RESIDENT_ID = "https://yijian-hub.org/fhir/sid/resident-id"
+WANG_FANG = f"{RESIDENT_ID}|330102198603140020"
+RADIOLOGY = "http://loinc.org|LP29684-5"
 
-def test_demo_serves_demo_data_with_the_printed_credentials_and_stops_cleanly() -> None:
-    directory = Path(tempfile.mkdtemp(prefix="yijian-demo-"))
-    directory.chmod(0o755)  # the embedded server runs as another user when tests run as root
+
+def _start(directory: Path, port: int, mllp_port: int) -> tuple[subprocess.Popen[str], str]:
+    """The demo as a process, and its banner once it is printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIJIAN_")}
     env["YIJIAN_DATA_DIR"] = str(directory / "var")
-    port = _free_port()
     process = subprocess.Popen(
-        [YIJIAN, "demo", "--port", str(port)],
+        [YIJIAN, "demo", "--port", str(port), "--mllp-port", str(mllp_port)],
         env=env,
         cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    banner = ""
+    deadline = time.time() + 120
+    assert process.stdout is not None
+    while "Try:" not in banner:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise AssertionError(f"the demo exited with {process.returncode}:\n{banner}")
+        banner += line
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError(f"no banner after 120 s:\n{banner}")
+    while not banner.endswith("\n\n"):  # the rest of the banner (the commands to try)
+        banner += process.stdout.readline()
+    return process, banner
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+
+
+def _token(base: str, banner: str) -> str:
+    doctor = re.search(r"doctor\s+client_id=(\S+)\s+client_secret=(\S+)", banner)
+    assert doctor, banner
+    response = httpx.post(
+        f"{base}/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": doctor[1],
+            "client_secret": doctor[2],
+        },
+    )
+    return str(response.json()["access_token"])
+
+
+def _search(base: str, token: str, resource_type: str, **params: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{base}/fhir/{resource_type}", params=params, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _counts(base: str, token: str) -> dict[str, int]:
+    return {
+        kind: _search(base, token, kind, _summary="count")["total"]
+        for kind in ("Patient", "Observation", "DiagnosticReport", "ServiceRequest", "Specimen")
+    }
+
+
+def _send_example(banner: str, mllp_port: int) -> tuple[str, str]:
+    """The banner's example message, sent as its mllp_send command line would send it, with
+    the hl7 package's MLLP client; returns (MSA-1, MSA-2) of the acknowledgement."""
+    example = re.search(r"mllp_send --loose --file (\S+) --port (\d+) (\S+)", banner)
+    assert example, banner
+    assert int(example[2]) == mllp_port and example[3] == "127.0.0.1"
+    (message,) = list(read_loose(io.BytesIO(Path(example[1]).read_bytes())))
+    with MLLPClient("127.0.0.1", mllp_port) as client:
+        ack = client.send_message(message)
+    msa = hl7.parse(ack.strip(b"\x0b\x1c\r").decode("utf-8")).segment("MSA")
+    return str(msa[1]), str(msa[2])
+
+
+def _leftovers(directory: Path) -> list[int]:
+    """Processes that still run with the demo's data directory in their environment (the
+    demo, its worker and the worker's pool, the embedded PostgreSQL)."""
+    marker = f"YIJIAN_DATA_DIR={directory / 'var'}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="yijian-demo-"))
+    directory.chmod(0o755)  # the embedded server runs as another user when tests run as root
+    port = _free_port()
+    mllp_port = _free_port()
+    while mllp_port == port:
+        mllp_port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    process, banner = _start(directory, port, mllp_port)
     try:
-        banner = ""
-        deadline = time.time() + 120
-        assert process.stdout is not None
-        while "Try:" not in banner:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, banner
-            banner += line
-            assert time.time() < deadline, banner
         assert "embedded PostgreSQL" in banner
-        doctor = re.search(r"doctor\s+client_id=(\S+)\s+client_secret=(\S+)", banner)
-        assert doctor, banner
-        base = f"http://127.0.0.1:{port}"
-        token = httpx.post(
-            f"{base}/auth/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": doctor[1],
-                "client_secret": doctor[2],
-            },
-        ).json()["access_token"]
-        found = httpx.get(
-            f"{base}/fhir/Observation",
-            params={"code": "http://loinc.org|718-7", "_include": "Observation:subject"},
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()
+        assert f"HL7 v2 MLLP          127.0.0.1:{mllp_port}" in banner
+        assert "5 of 5 acknowledged AA, 5 new this run" in banner, banner
+        assert "Not yet in this build: DICOM receiver, web workstation" in banner
+        for feed in ("demo-h1-lis", "demo-h2-lis", "demo-h3-ris"):
+            assert feed in banner
+        token = _token(base, banner)
+
+        found = _search(
+            base,
+            token,
+            "Observation",
+            code="http://loinc.org|718-7",
+            _include="Observation:subject",
+        )
         matches = [e for e in found["entry"] if e["search"]["mode"] == "match"]
-        assert len(matches) == 6  # one haemoglobin per demo patient, from three hospitals
+        # one haemoglobin per demo patient pushed as FHIR from three hospitals, and two more
+        # in the 血常规 sent as HL7 v2 over MLLP (王芳 at hospital 1 in GBK, 陈晓明 at 2)
+        assert len(matches) == 8
         performers = {e["resource"]["performer"][0]["reference"] for e in matches}
         assert len(performers) == 3
-        # 王芳 is at hospitals 1 and 2 with one ID number: a search by it finds both results.
-        same_person = httpx.get(
-            f"{base}/fhir/Observation",
-            params={
-                "code": "http://loinc.org|718-7",
-                "patient.identifier": "https://yijian-hub.org/fhir/sid/resident-id|"
-                "330102198603140020",
-            },
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()
-        assert len(same_person["entry"]) == 2
+
+        # 王芳 is at hospitals 1 and 2 with one ID number: a search by it finds her reports
+        # from both, those pushed as FHIR and those received as HL7 v2.
+        reports = _search(base, token, "DiagnosticReport", **{"patient.identifier": WANG_FANG})
+        by_hl7 = [
+            e["resource"]
+            for e in reports["entry"]
+            if any(i["system"].endswith("/filler") for i in e["resource"]["identifier"])
+        ]
+        assert len(reports["entry"]) == 5
+        assert sorted(r["code"]["text"] for r in by_hl7) == ["肝功能", "肾功能", "血常规"]
+        assert len({r["performer"][0]["reference"] for r in by_hl7}) == 2
+        creatinine = _search(
+            base,
+            token,
+            "Observation",
+            **{"patient.identifier": WANG_FANG, "code": "http://loinc.org|14682-9"},
+        )
+        assert [e["resource"]["valueQuantity"]["value"] for e in creatinine["entry"]] == [61]
+
+        # The CT report went in as a file through the RIS feed's drop folder.
+        (ct,) = [
+            e["resource"]
+            for e in _search(base, token, "DiagnosticReport", category=RADIOLOGY)["entry"]
+        ]
+        assert "磨玻璃结节" in ct["conclusion"]
+        assert (directory / "var" / "drop" / "DEMO-H3" / "processed").is_dir()
+
+        # The listener answers a message of its own: AA, and AA again for the same message.
+        assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
+        assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
+        counts = _counts(base, token)
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    pgdata = str(directory / "var" / "pgdata")
-    running = subprocess.run(["pgrep", "-f", f"postgres -D {pgdata}"], capture_output=True)
-    assert running.returncode == 1, "the embedded PostgreSQL outlived the demo"
+        _stop(process)
+
+    # A second start on the same data: everything acknowledged again, nothing stored twice.
+    process, banner = _start(directory, port, mllp_port)
+    try:
+        assert "FHIR: 0 resources created this run" in banner, banner
+        assert "5 of 5 acknowledged AA, 0 new this run" in banner, banner
+        token = _token(base, banner)
+        assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
+        assert _counts(base, token) == counts
+    finally:
+        _stop(process)
+    assert not _leftovers(directory), "processes of the demo outlived it"
