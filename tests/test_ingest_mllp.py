@@ -251,3 +251,49 @@ def test_listener_killed_mid_stream_loses_nothing_acknowledged_and_duplicates_no
                 hospital_b, identifier=f"{_result_system(hub.org_b)}|K{batch}-{s}-{i}:WBC:"
             )
             assert len(found) == 1, f"K{batch}-{s}-{i}"
+
+
+def test_the_same_message_on_many_connections_at_once_is_stored_once(
+    hub: HubUnderTest, listener: Listener, hospital_b: Client
+) -> None:
+    filler = "F" + uuid.uuid4().hex[:10]
+    message = oru(control(), "H-B", person(), filler)
+    answers: list[bytes] = []
+
+    def deliver() -> None:
+        answers.append(send(listener.port, message))
+
+    threads = [threading.Thread(target=deliver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == 6
+    assert {ack_fields(a)[0] for a in answers} == {"AA"}
+    found = observations(hospital_b, identifier=f"{_result_system(hub.org_b)}|{filler}:PLT:")
+    assert len(found) == 1
+    assert found[0]["meta"]["versionId"] == "1"
+
+
+def test_an_oversized_message_is_refused_and_the_connection_goes_on(
+    hub: HubUnderTest, feeds: dict[str, str], tmp_path: Any
+) -> None:
+    from hl7.client import MLLPClient
+
+    small = Listener({**env_without_broker(hub.env), "YIJIAN_MLLP_MAX_MESSAGE_BYTES": "4096"})
+    small.log = tmp_path / "mllp.log"
+    small.start()
+    try:
+        huge = oru(control(), "H-B", person(), "F" + uuid.uuid4().hex[:10], CBC * 40)
+        assert len(huge) > 4096
+        good = oru(control(), "H-B", person(), "F" + uuid.uuid4().hex[:10])
+        client = MLLPClient("127.0.0.1", small.port)
+        try:
+            first = ack_fields(client.send_message(huge).strip(b"\x0b\x1c\r"))
+            second = ack_fields(client.send_message(good).strip(b"\x0b\x1c\r"))
+        finally:
+            client.close()
+        assert first[0] == "AR" and "4096" in first[2]
+        assert second[0] == "AA"
+    finally:
+        small.stop()

@@ -74,11 +74,13 @@ class _FrameReader:
                         log.warning("MLLP connection closed mid-message")
                     return None
                 continue
-            frame = bytes(self._buffer[start + 1 : end])
             cut = end + 1
             if cut < len(self._buffer) and self._buffer[cut] == 0x0D:
                 cut += 1
+            frame = bytes(self._buffer[start + 1 : end])
             del self._buffer[:cut]
+            if len(frame) > self._max:
+                raise FrameTooLarge
             return frame
 
     async def _skip_to_end(self) -> None:
