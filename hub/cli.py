@@ -739,6 +739,41 @@ def feeds_list(as_json: bool) -> None:
         click.echo(f"error: {error}", err=True)
 
 
+@feeds.command("stats")
+@click.option("--days", default=7, show_default=True)
+@click.option("--feed", default=None)
+@click.option(
+    "--refresh/--no-refresh",
+    default=True,
+    show_default=True,
+    help="recompute the figures first (the worker does it every 5 minutes)",
+)
+@click.option("--json", "as_json", is_flag=True)
+def feeds_stats(days: int, feed: str | None, refresh: bool, as_json: bool) -> None:
+    """Messages, resources, errors and dead letters per feed and day."""
+    from hub.ingest.ledger import ingest_statistics
+    from hub.tasks.statistics import refresh_statistics
+
+    async def work(admin: _Admin) -> list[dict[str, Any]]:
+        async with admin.hub.database.connection() as conn:
+            if refresh:
+                await refresh_statistics(
+                    conn, admin.hub.settings.default_timezone, min(max(days, 1), 366)
+                )
+            return await ingest_statistics(conn, days, feed)
+
+    rows = _admin_command(work)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    click.echo("day\tfeed\tmessages\tresources\terrors\tdead letters")
+    for row in rows:
+        click.echo(
+            f"{row['day']}\t{row['feed_id']}\t{row['messages']}\t{row['resources']}"
+            f"\t{row['errors']}\t{row['dead_letters']}"
+        )
+
+
 @feeds.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def feeds_check(paths: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ what a doctor then finds through FHIR."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -297,3 +298,33 @@ def test_an_oversized_message_is_refused_and_the_connection_goes_on(
         assert second[0] == "AA"
     finally:
         small.stop()
+
+
+def test_statistics_count_messages_resources_and_dead_letters_per_feed(
+    hub: HubUnderTest, listener: Listener, admin: Client
+) -> None:
+    feed = "h-stats-" + uuid.uuid4().hex[:6]
+    facility = feed.upper()
+    hub.cli(
+        "feeds", "add", "--organization", hub.org_b, "--sending-facility", facility,
+        "--feed", feed, "--authority", f"{facility}=mrn", "--authority", "SFZ=resident-id",
+    )  # fmt: skip
+    wait_for(lambda: _feed_listed(hub, admin, feed), timeout=10)
+    for _ in range(2):
+        message = oru(control(), facility, person(), "F" + uuid.uuid4().hex[:10])
+        assert ack_fields(send(listener.port, message))[0] == "AA"
+    no_pid = b"\r".join(
+        s for s in oru(control(), facility, person(), "F0").split(b"\r") if not s.startswith(b"PID")
+    )
+    assert ack_fields(send(listener.port, no_pid))[0] == "AE"
+    rows = json.loads(hub.cli("feeds", "stats", "--json", "--feed", feed).stdout)
+    assert [(r["messages"], r["resources"], r["errors"], r["dead_letters"]) for r in rows] == [
+        (2, 2 * (4 + len(CBC)), 0, 1)
+    ]
+    api = hub_admin_json(hub, admin, f"/admin/ingest-statistics?feed={feed}")
+    assert api["statistics"] == rows
+
+
+def _feed_listed(hub: HubUnderTest, admin: Client, feed: str) -> bool:
+    feeds = hub_admin_json(hub, admin, "/admin/feeds")["feeds"]
+    return any(f["feed"] == feed for f in feeds)

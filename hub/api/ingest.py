@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from hub.api.dependencies import Caller, audited, get_hub
 from hub.fhir.outcomes import FhirError, bad_request, forbidden
 from hub.ingest.feeds import FeedConfig
+from hub.ingest.ledger import ingest_statistics
 from hub.ingest.service import Channel
 from hub.ingest.translation import AckCode
 from hub.security.principals import ClientKind, Principal
@@ -249,3 +250,22 @@ async def unmapped_codes(
     async with audited(request, principal, "unmapped-codes", "R"):
         rows = await hub.ingest.unmapped(organization)
     return JSONResponse({"unmapped": rows})
+
+
+@router.get("/admin/ingest-statistics")
+async def statistics(
+    request: Request,
+    principal: Caller,
+    days: int = Query(default=7, ge=1, le=366),
+    feed: str | None = None,
+) -> JSONResponse:
+    """Messages, resources, errors and dead letters per feed and day (refreshed every few
+    minutes by the worker's ``yijian.statistics``)."""
+    _require_admin(principal)
+    hub = get_hub(request)
+    async with (
+        audited(request, principal, "ingest-statistics", "R"),
+        hub.database.connection() as conn,
+    ):
+        rows = await ingest_statistics(conn, days, feed)
+    return JSONResponse({"statistics": rows})

@@ -373,3 +373,24 @@ class RegisteredFeeds:
         return (
             await self._conn.execute("DELETE FROM ingest_feed WHERE feed_id = $1", feed_id)
         ) != "DELETE 0"
+
+
+async def ingest_statistics(
+    connection: asyncpg.Connection, days: int = 7, feed_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Per feed and day (newest first), as last refreshed by the ``statistics`` task."""
+    rows = await connection.fetch(
+        "SELECT day, feed_id, messages, resources, errors, dead_letters, refreshed_at"
+        " FROM ingest_statistics WHERE day > current_date - $1::int"
+        " AND ($2::text IS NULL OR feed_id = $2) ORDER BY day DESC, feed_id",
+        days,
+        feed_id,
+    )
+    return [
+        {
+            **dict(row),
+            "day": row["day"].isoformat(),
+            "refreshed_at": row["refreshed_at"].isoformat(),
+        }
+        for row in rows
+    ]

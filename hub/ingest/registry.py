@@ -21,6 +21,7 @@ from hub.storage.database import Database
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0
+MISS_REFRESH_SECONDS = 0.25
 ENTRY_POINT_GROUP = "yijian.adapters"
 
 
@@ -77,11 +78,27 @@ class FeedRegistry:
 
     async def get(self, feed_id: str) -> FeedConfig | None:
         await self.refresh()
+        if feed_id not in self._feeds:
+            await self._refresh_on_miss()
         return self._feeds.get(feed_id)
 
     async def find(self, facility: str, application: str = "") -> FeedConfig | None:
-        """The feed of a sending facility (MSH-4.1); a feed naming the application is preferred."""
+        """The feed of a sending facility (MSH-4.1); a feed naming the application is preferred.
+        A facility not known yet makes the registry look again (a feed just added elsewhere
+        takes effect at once), at most a few times a second."""
         await self.refresh()
+        found = self._find(facility, application)
+        if found is None and await self._refresh_on_miss():
+            found = self._find(facility, application)
+        return found
+
+    async def _refresh_on_miss(self) -> bool:
+        if time.monotonic() - self._loaded_at < MISS_REFRESH_SECONDS:
+            return False
+        await self.refresh(force=True)
+        return True
+
+    def _find(self, facility: str, application: str) -> FeedConfig | None:
         general = None
         for feed in self._feeds.values():
             if feed.sending_facility.casefold() != facility.strip().casefold():
