@@ -81,3 +81,13 @@ def match_rules() -> dict[str, Any]:
     region tunes; ``hub.identity.matching.MatchRules.load`` validates them. Not cached, as above.
     """
     return load("identity/match-rules.json")
+
+
+CONCEPT_MAPS_DIR = PROFILES_DIR / "conceptmaps"
+
+
+def concept_map_path(name: str) -> Path:
+    """Where a code map named in a feed lives: ``conceptmaps/NAME`` of this package (the
+    ``.json`` suffix may be left out)."""
+    stem = name if name.endswith(".json") else f"{name}.json"
+    return CONCEPT_MAPS_DIR / stem

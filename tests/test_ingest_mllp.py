@@ -23,7 +23,8 @@ CONCEPT_MAP = "fhir_profiles/conceptmaps/demo-lis.json"
 
 @pytest.fixture(scope="module")
 def feeds(hub: HubUnderTest) -> dict[str, str]:
-    """H-A's LIS from a feed file (GBK), H-B's from the CLI (UTF-8), both with the demo map."""
+    """H-A's LIS from a feed file (GBK) naming the demo code map, H-B's from the CLI (UTF-8)
+    with the same map imported by ``yijian codes import``."""
     (hub.adapters_dir / "h-a-lis.yaml").write_text(
         yaml.safe_dump(
             {
@@ -33,6 +34,7 @@ def feeds(hub: HubUnderTest) -> dict[str, str]:
                 "sending_facility": "H-A",
                 "encoding": "gbk",
                 "identifiers": {"H-A": "mrn", "SFZ": "resident-id"},
+                "code_map": "demo-lis.json",  # imported by the hub from fhir_profiles
             },
             allow_unicode=True,
         ),
@@ -42,8 +44,7 @@ def feeds(hub: HubUnderTest) -> dict[str, str]:
         "feeds", "add", "--organization", hub.org_b, "--sending-facility", "H-B",
         "--feed", "h-b-lis", "--authority", "H-B=mrn", "--authority", "SFZ=resident-id",
     )  # fmt: skip
-    for feed in ("h-a-lis", "h-b-lis"):
-        hub.cli("codes", "import", feed, CONCEPT_MAP)
+    hub.cli("codes", "import", "h-b-lis", CONCEPT_MAP)
     return {"a": "h-a-lis", "b": "h-b-lis"}
 
 

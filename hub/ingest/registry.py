@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -39,9 +40,15 @@ def load_translators() -> dict[str, Translator]:
 class FeedRegistry:
     """The feeds this hub accepts, by id and by (sending facility, sending application)."""
 
-    def __init__(self, database: Database, directory: Path | None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        directory: Path | None,
+        on_loaded: Callable[[list[FeedConfig]], Awaitable[None]] | None = None,
+    ) -> None:
         self._database = database
         self._directory = directory
+        self._on_loaded = on_loaded  # told the feeds after each (re)load
         self._feeds: dict[str, FeedConfig] = {}
         self._sources: dict[str, str] = {}
         self._loaded_at = float("-inf")
@@ -75,6 +82,11 @@ class FeedRegistry:
             log.error("feed configuration: %s", message)
         self._feeds, self._sources, self.errors = feeds, sources, errors
         self._loaded_at = time.monotonic()
+        if self._on_loaded is not None:
+            try:
+                await self._on_loaded(list(feeds.values()))
+            except Exception:  # a bad code-map file must not stop the feeds
+                log.exception("after loading feeds")
 
     async def get(self, feed_id: str) -> FeedConfig | None:
         await self.refresh()

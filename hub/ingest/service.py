@@ -17,11 +17,13 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
+import fhir_profiles
 from hub.fhir.outcomes import FhirError
 from hub.ingest.codemaps import UCUM, CodeMap, concept_map
 from hub.ingest.feeds import FeedConfig
@@ -88,7 +90,10 @@ class IngestService:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.feeds = FeedRegistry(hub.database, hub.settings.adapters_dir)
+        self.feeds = FeedRegistry(
+            hub.database, hub.settings.adapters_dir, on_loaded=self._load_feed_code_maps
+        )
+        self._code_map_digests: dict[str, bytes] = {}
         self.code_maps = CodeMapCache(hub.database)
         self.translators: dict[str, Translator] = load_translators()
         self._background: set[asyncio.Task[int]] = set()
@@ -293,6 +298,48 @@ class IngestService:
             if letter is None:
                 raise LookupError(f"there is no dead letter {entry_id}")
             await DeadLetters(conn).resolve(entry_id, "discarded")
+
+    async def _load_feed_code_maps(self, feeds: list[FeedConfig]) -> None:
+        """Import the ConceptMap file a feed names (``code_map``) when it is new or changed
+        since this process last read it; newly mapped codes are back-filled. Importing adds
+        and changes mappings, never removes: edits made through the API stay."""
+        for feed in feeds:
+            if not feed.code_map:
+                continue
+            path = self._code_map_file(feed.code_map)
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                log.error("feed %s: code map %s cannot be read: %s", feed.feed, path, error)
+                continue
+            digest = hashlib.sha256(data).digest()
+            key = f"{feed.feed}:{path}"
+            if self._code_map_digests.get(key) == digest:
+                continue
+            try:
+                resource = orjson.loads(data)
+                for group in resource.get("group") or []:
+                    group.pop("source", None)  # meant for this feed's own code system
+                changed = await self.import_concept_map(feed.feed, resource, f"file:{path.name}")
+            except (ValueError, LookupError, AttributeError) as error:
+                log.error(
+                    "feed %s: code map %s is not a usable ConceptMap: %s", feed.feed, path, error
+                )
+                continue
+            self._code_map_digests[key] = digest
+            if changed:
+                await self.schedule_backfill(feed.local_code_system, changed)
+
+    def _code_map_file(self, name: str) -> Path:
+        """A feed's ``code_map``: a path (absolute, or relative to the feeds directory) or
+        the name of a ConceptMap in ``fhir_profiles/conceptmaps``."""
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        directory = self.hub.settings.adapters_dir
+        if directory is not None and (directory / path).exists():
+            return directory / path
+        return fhir_profiles.concept_map_path(name)
 
     async def feed(self, feed_id: str) -> FeedConfig:
         found = await self.feeds.get(feed_id)
