@@ -150,6 +150,8 @@ class _Admin:
         )
 
     async def close(self) -> None:
+        if "ingest" in self.hub.__dict__:  # finish work the broker could not take
+            await self.hub.ingest.drain()
         await self.hub.database.dispose()
 
 
@@ -857,7 +859,12 @@ def deadletter_show(entry_id: int, raw: bool) -> None:
 @click.argument("entry_ids", type=int, nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="every open entry (of --feed)")
 @click.option("--feed", default=None)
-def deadletter_replay(entry_ids: tuple[int, ...], replay_all: bool, feed: str | None) -> None:
+@click.option(
+    "--background", is_flag=True, help="queue the replays for `yijian worker` instead of waiting"
+)
+def deadletter_replay(
+    entry_ids: tuple[int, ...], replay_all: bool, feed: str | None, background: bool
+) -> None:
     """Run entries through the pipeline again, after fixing their cause."""
     if not entry_ids and not replay_all:
         raise click.UsageError("name entries or use --all")
@@ -866,6 +873,13 @@ def deadletter_replay(entry_ids: tuple[int, ...], replay_all: bool, feed: str | 
         ids = list(entry_ids)
         if replay_all:
             ids += [x.id for x in await admin.hub.ingest.dead_letters("open", feed, 100_000)]
+        if background:
+            ids = sorted(set(ids))
+            queued = await admin.hub.ingest.schedule_replays(ids)
+            await admin.audit("U", "dead-letters-replay", [f"dead-letter/{i}" for i in ids])
+            await admin.hub.ingest.drain()  # replays the broker could not take ran here
+            click.echo(f"{len(queued)} replays queued for the worker")
+            return 0
         failures = 0
         for entry_id in sorted(set(ids)):
             try:

@@ -136,6 +136,27 @@ async def list_dead_letters(
     return JSONResponse({"dead_letters": [letter.summary() for letter in letters]})
 
 
+@router.post("/admin/dead-letters/replay", status_code=202)
+async def replay_dead_letters(
+    request: Request,
+    principal: Caller,
+    feed: str | None = None,
+    limit: int = Query(default=10_000, ge=1, le=100_000),
+) -> JSONResponse:
+    """Replay every open dead letter (of ``feed``) in the background, after a fix."""
+    _require_admin(principal)
+    hub = get_hub(request)
+    async with audited(request, principal, "dead-letters-replay", "U") as audit:
+        letters = await hub.ingest.dead_letters("open", feed, limit)
+        ids = sorted(letter.id for letter in letters)
+        audit.entities += [f"dead-letter/{i}" for i in ids]
+        queued = await hub.ingest.schedule_replays(ids)
+    return JSONResponse(
+        {"queued": queued, "in_process": [i for i in ids if i not in set(queued)]},
+        status_code=202,
+    )
+
+
 @router.get("/admin/dead-letters/{entry_id}")
 async def show_dead_letter(entry_id: int, request: Request, principal: Caller) -> JSONResponse:
     _require_admin(principal)

@@ -415,6 +415,38 @@ class IngestService:
             task.add_done_callback(self._background.discard)
             return "in-process"
 
+    async def schedule_replays(self, entry_ids: list[int]) -> list[int]:
+        """Queue a replay of each dead letter for a worker; the ids queued. When the broker
+        cannot take them, they are replayed in this process instead, in the background."""
+        queued: list[int] = []
+        for entry_id in entry_ids:
+            try:
+                await self.hub.tasks.enqueue("yijian.replay_dead_letter", entry_id)
+                queued.append(entry_id)
+            except Exception:
+                log.exception("could not queue the replay of dead letter %d", entry_id)
+                break
+        rest = entry_ids[len(queued) :]
+        if rest:
+            task = asyncio.create_task(self._replay_all(rest))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return queued
+
+    async def drain(self) -> None:
+        """Wait for work this process took on itself because the broker could not."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _replay_all(self, entry_ids: list[int]) -> int:
+        accepted = 0
+        for entry_id in entry_ids:
+            try:
+                accepted += (await self.replay(entry_id)).accepted
+            except (LookupError, ValueError):
+                continue
+        return accepted
+
     async def backfill(self, source_system: str, codes: list[str]) -> int:
         """Give results stored with an unmapped local code the mapping added since.
 
