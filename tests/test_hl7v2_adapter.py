@@ -1015,9 +1015,17 @@ def test_ack_for_an_unparseable_message() -> None:
 
 
 def test_ack_encoding_replaces_unencodable_characters() -> None:
-    payload = load("chem_utf8.hl7")
+    payload = load("v23_minimal.hl7")  # no MSH-18: the feed's encoding decides
     header = translator.header(payload)
     error = ContentError("值 😀 无效", location="OBX[1]-5", hl7_code="102")
     ack = translator.acknowledge(payload, header, AckCode.ERROR, error, encoding="ascii")
     assert ack.isascii()
-    assert b"MSA|AE|LIS20240305000456|? ? ??\r" in ack
+    assert f"MSA|AE|{header.control_id}|? ? ??\r".encode() in ack
+
+
+def test_ack_is_encoded_as_the_messages_msh18_says() -> None:
+    payload = load("chem_utf8.hl7")  # MSH-18 UNICODE UTF-8
+    header = translator.header(payload)
+    error = ContentError("值 无效", location="OBX[1]-5", hl7_code="102")
+    ack = translator.acknowledge(payload, header, AckCode.ERROR, error, encoding="gbk")
+    assert "值 无效" in ack.decode("utf-8")

@@ -134,8 +134,10 @@ class HL7v2Translator:
         *,
         encoding: str = "utf-8",
     ) -> bytes:
-        """An HL7 ACK (MSA + ERR for AE/AR), encoded like the message."""
-        return build_ack(header, code, error, encoding=encoding)
+        """An HL7 ACK (MSA + ERR for AE/AR), encoded like the message: as its MSH-18 (echoed
+        in the ACK) says when it names a known character set, else as the feed says."""
+        declared = charset.codec_for(header.charset) if header and header.charset else None
+        return build_ack(header, code, error, encoding=declared or encoding)
 
 
 translator = HL7v2Translator()

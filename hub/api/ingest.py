@@ -78,10 +78,19 @@ async def ingest(feed_id: str, request: Request, principal: Caller) -> Response:
     if format == "fhir":
         body = orjson.dumps(receipt.result) if receipt.result is not None else receipt.response
         return Response(body, status, headers, media_type="application/fhir+json")
-    charset = feed.encoding
+    # The ACK is encoded as the message's MSH-18 said (else as the feed is): name what it is.
+    charset = "utf-8" if _is_utf8(receipt.response) else feed.encoding
     return Response(
         receipt.response, status, headers, media_type=f"x-application/hl7-v2+er7; charset={charset}"
     )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # -- operators ---------------------------------------------------------------------------------

@@ -49,10 +49,11 @@ class CodeMap:
 
     @classmethod
     def from_concept_map(cls, resource: Mapping[str, Any], source_system: str) -> CodeMap:
-        """The mappings of a ConceptMap's groups whose source is ``source_system`` (or unset)."""
+        """The mappings of a ConceptMap's groups whose source is ``source_system`` (or unset:
+        a map written for one feed need not name its code system)."""
         targets: dict[str, CodeTarget] = {}
         for group in resource.get("group") or []:
-            if group.get("source") not in (None, source_system):
+            if group.get("source") not in (None, "", source_system):
                 continue
             system = group.get("target") or LOINC
             for element in group.get("element") or []:
@@ -114,6 +115,8 @@ def concept_map(
         "status": "active",
         "group": [
             {"source": source_system, "target": system, "element": elements}
+            if source_system
+            else {"target": system, "element": elements}
             for system, elements in groups.items()
         ],
     }

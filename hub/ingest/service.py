@@ -128,7 +128,8 @@ class IngestService:
         try:
             header = reader.header(payload)
             feed = await self._feed(header, channel, peer, principal, feed_id)
-            translator = self.translator(feed.adapter)
+            # A hospital's own FHIR Bundle needs no adapter; anything else is the feed's format.
+            translator = reader if format == "fhir" else self.translator(feed.adapter)
             return await self._accept(translator, payload, header, feed, channel, peer, replay_of)
         except IngestError as error:
             encoding = feed.encoding if feed else "utf-8"

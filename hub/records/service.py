@@ -568,6 +568,7 @@ class RecordService:
                     context,
                     method="PUT",
                     owner=current.owner_org,
+                    replace=True,
                 )
 
     async def store(
