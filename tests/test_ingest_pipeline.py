@@ -625,6 +625,7 @@ def test_http_fhir_bundle_gets_mapped_codes_and_is_replay_safe(
     again = post_ingest(hub, hospital_a, fhir_feed, body, FHIR)
     assert again.status_code == 200
     assert again.headers["X-Ingest-Duplicate"] == "true"
+    assert again.json() == first.json()  # the same transaction-response, not a new one
     stored = search(
         hospital_a, "Observation", identifier=f"https://yijian.example/result/{hub.org_a}|{mrn}-GLU"
     )

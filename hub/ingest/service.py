@@ -176,6 +176,13 @@ class IngestService:
                     location="MSH-4",
                     hl7_code="204",
                 )
+        elif not header.sending_facility:
+            raise Rejected(
+                "the message names no sending facility: name its feed (POST /ingest/{feed},"
+                " yijian import --feed, a feed's drop folder)",
+                location="MSH-4",
+                hl7_code="101",
+            )
         else:
             feed = await self.feeds.find(header.sending_facility, header.sending_application)
         if feed is None:
@@ -231,6 +238,8 @@ class IngestService:
                     result = await bundles.run_transaction(
                         self.hub, principal, uow, entries, context, self._base
                     )
+                    if translator.name == "fhir":  # a resend gets the same transaction-response
+                        response = orjson.dumps(result)
                     recorded = await MessageLog(uow.connection).record(
                         feed.feed,
                         header.control_id,
