@@ -69,6 +69,12 @@ def test_naming_systems_are_loaded_in_filename_order_with_ids_matching_files() -
         "organization-mrn",
         "organization-outpatient",
         "organization-inpatient",
+        # order and result numbers, for the resources inbound adapters write
+        "organization-placer",
+        "organization-filler",
+        "organization-accession",
+        "organization-specimen",
+        "organization-result",
     }
     for resource in resources:
         assert resource["resourceType"] == "NamingSystem"

@@ -314,6 +314,25 @@ def transform_identifiers(
     return result
 
 
+def identifiers_in(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every Identifier in a resource (as ``identifier_paths``, without building paths)."""
+
+    def walk(value: Any, under_identifier: bool) -> Iterator[dict[str, Any]]:
+        if isinstance(value, dict):
+            if under_identifier:
+                yield value
+                return
+            for key, item in value.items():
+                if isinstance(item, dict | list):
+                    yield from walk(item, key == "identifier")
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict | list):
+                    yield from walk(item, under_identifier)
+
+    yield from walk(resource, False)
+
+
 def identifier_paths(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(FHIRPath, Identifier)`` of every Identifier in a resource, for error messages."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from hub.identity.protection import (
     ENVELOPE,
     IdentifierProtection,
     identifier_paths,
+    identifiers_in,
     transform_identifiers,
 )
 from hub.records.unit_of_work import UnitOfWork
@@ -123,16 +124,21 @@ class IdentityService:
         resource's). One typed MRN/outpatient/inpatient without a system gets the writing
         hospital's own system; a hospital may not use another hospital's systems.
         """
-        found = list(identifier_paths(resource))
-        if not found:
-            return resource
         replacements: dict[int, dict[str, Any]] = {}
-        for path, identifier in found:
-            replacements[id(identifier)] = self._normalized(path, identifier, organization)
+        for identifier in identifiers_in(resource):
+
+            def path(target: dict[str, Any] = identifier) -> str:  # only for an error
+                return next(p for p, i in identifier_paths(resource) if i is target)
+
+            normalized = self._normalized(path, identifier, organization)
+            if normalized is not identifier:
+                replacements[id(identifier)] = normalized
+        if not replacements:  # the common case: already canonical, nothing to copy
+            return resource
         return transform_identifiers(resource, lambda i: replacements.get(id(i), i))
 
     def _normalized(
-        self, path: str, identifier: dict[str, Any], organization: str | None
+        self, path: Callable[[], str], identifier: dict[str, Any], organization: str | None
     ) -> dict[str, Any]:
         system, value = identifier.get("system"), identifier.get("value")
         if system is None and organization and (kind := organization_kind_of(identifier)):
@@ -146,19 +152,19 @@ class IdentityService:
                 raise unprocessable(
                     f"identifier system {system} belongs to Organization/{owner.group(1)}; "
                     f"a hospital assigns identifiers only in its own systems",
-                    [path + ".system"],
+                    [path() + ".system"],
                 )
         if isinstance(value, str):
             if value.startswith(ENVELOPE):
                 raise unprocessable(
-                    f"identifier value may not start with {ENVELOPE!r}", [path + ".value"]
+                    f"identifier value may not start with {ENVELOPE!r}", [path() + ".value"]
                 )
             try:
                 value = self.systems.normalize(system, value)
             except InvalidIdentifier as error:
                 # The message goes to the audit log too: never the number in full.
                 message = self._masked_message(system, str(error))
-                raise unprocessable(message, [path + ".value"]) from None
+                raise unprocessable(message, [path() + ".value"]) from None
         if system == identifier.get("system") and value == identifier.get("value"):
             return identifier
         updated = dict(identifier)

@@ -282,17 +282,27 @@ def _conditional_update_type(request: dict[str, Any]) -> str | None:
     return None
 
 
-def _rewrite(value: Any, mapping: dict[str, str]) -> Any:
+def _rewrite(value: Any, mapping: dict[str, str], dangling: list[str] | None = None) -> Any:
+    """``value`` with every reference in ``mapping`` replaced; ``urn:uuid`` references it
+    cannot resolve are appended to ``dangling``. Only containers are copied."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item in mapping:
-                out[key] = mapping[item]
+            if key == "reference" and isinstance(item, str):
+                resolved = mapping.get(item, item)
+                if dangling is not None and resolved.startswith("urn:uuid:"):
+                    dangling.append(resolved)
+                out[key] = resolved
+            elif isinstance(item, dict | list):
+                out[key] = _rewrite(item, mapping, dangling)
             else:
-                out[key] = _rewrite(item, mapping)
+                out[key] = item
         return out
     if isinstance(value, list):
-        return [_rewrite(item, mapping) for item in value]
+        return [
+            _rewrite(item, mapping, dangling) if isinstance(item, dict | list) else item
+            for item in value
+        ]
     return value
 
 
@@ -309,20 +319,6 @@ def _references(value: Any) -> list[str]:
     if isinstance(value, list):
         return [r for item in value for r in _references(item)]
     return []
-
-
-def _unresolved(value: Any) -> str | None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item.startswith("urn:uuid:"):
-                return item
-            if (found := _unresolved(item)) is not None:
-                return found
-    elif isinstance(value, list):
-        for item in value:
-            if (found := _unresolved(item)) is not None:
-                return found
-    return None
 
 
 async def _entry(
@@ -348,8 +344,10 @@ async def _entry(
         resource = item.get("resource")
         if not isinstance(resource, dict):
             raise bad_request(f"{method} entry needs a resource", code="structure")
-        resource = _rewrite(resource, mapping)
-        if (dangling := _unresolved(resource)) is not None:
+        unresolved: list[str] = []
+        resource = _rewrite(resource, mapping, unresolved)
+        if unresolved:
+            dangling = unresolved[0]
             raise FhirError(
                 422, "not-found", f"reference {dangling} is not resolved in this Bundle"
             )
