@@ -24,7 +24,7 @@ from adapters.hl7v2.oru import Unit, reference_range
 from adapters.hl7v2.units import ucum
 from hub.ingest.codemaps import CodeMap
 from hub.ingest.feeds import FeedConfig
-from hub.ingest.translation import AckCode, ContentError, Rejected, Translation
+from hub.ingest.translation import AckCode, ContentError, IngestError, Rejected, Translation
 
 MESSAGES = Path(__file__).parent / "messages"
 CONCEPT_MAP = Path(__file__).parent.parent / "fhir_profiles" / "conceptmaps" / "demo-lis.json"
@@ -1029,3 +1029,47 @@ def test_ack_is_encoded_as_the_messages_msh18_says() -> None:
     error = ContentError("值 无效", location="OBX[1]-5", hl7_code="102")
     ack = translator.acknowledge(payload, header, AckCode.ERROR, error, encoding="gbk")
     assert "值 无效" in ack.decode("utf-8")
+
+
+def test_mutated_messages_are_translated_or_refused_never_crash() -> None:
+    """Thousands of damaged versions of the sample messages (delimiters and line ends
+    inserted, bytes changed or cut, pieces repeated): each is translated or refused with an
+    IngestError, and an ACK can always be built. Deterministic (fixed seed)."""
+    import random
+
+    samples = [p.read_bytes() for p in sorted(MESSAGES.rglob("*.hl7"))]
+    feed = FeedConfig(
+        feed="fuzz",
+        organization="org-fuzz",
+        sending_facility="SYRMYY",
+        encoding="gbk",
+        identifiers={"SYRMYY": "mrn", "SFZ": "resident-id"},
+    )
+    codes = CodeMap.empty(feed.local_code_system)
+    rng = random.Random(20261122)
+    outcomes = {"translated": 0, "refused": 0}
+    for _ in range(3000):
+        message = bytearray(rng.choice(samples))
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(message)) if message else 0
+            roll = rng.random()
+            if roll < 0.3 and message:
+                message[at] = rng.choice(b"|^~\\&\r\n\x00\xff\xe4A0.-+ ")
+            elif roll < 0.5:
+                message[at:at] = bytes([rng.choice(b"|^~\\&\r")]) * rng.randint(1, 5)
+            elif roll < 0.7 and message:
+                del message[at : at + rng.randint(1, 30)]
+            else:
+                message[at:at] = message[rng.randrange(len(message)) :][: rng.randint(1, 60)]
+        payload = bytes(message)
+        header = None
+        try:
+            header = translator.header(payload)
+            translator.translate(payload, header, feed, codes)
+            outcomes["translated"] += 1
+            ack = translator.acknowledge(payload, header, AckCode.ACCEPT, None)
+        except IngestError as error:
+            outcomes["refused"] += 1
+            ack = translator.acknowledge(payload, header, error.ack_code, error)
+        assert ack.startswith(b"MSH|")
+    assert outcomes["translated"] > 100 and outcomes["refused"] > 100  # both paths exercised

@@ -152,7 +152,7 @@ class MllpServer:
         try:
             while True:
                 try:
-                    frame = await asyncio.wait_for(self._frame(stream), self.idle_timeout)
+                    frame = await asyncio.wait_for(stream.next_frame(), self.idle_timeout)
                 except FrameTooLarge:
                     await self._answer_oversized(writer)
                     continue
@@ -177,9 +177,6 @@ class MllpServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _frame(self, stream: _FrameReader) -> bytes | None:
-        return await stream.next_frame()
-
     async def _answer_oversized(self, writer: asyncio.StreamWriter) -> None:
         reader = self.hub.ingest.translators["hl7v2"]
         error = Rejected(
@@ -197,15 +194,3 @@ class MllpServer:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
-
-
-async def run_mllp(hub: Hub, host: str, port: int, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set (the CLI sets it on SIGTERM/SIGINT)."""
-    await hub.start()
-    server = MllpServer(hub, host, port)
-    try:
-        await server.start()
-        await stop.wait()
-    finally:
-        await server.stop()
-        await hub.stop()

@@ -130,30 +130,64 @@ class IngestService:
             feed = await self._feed(header, channel, peer, principal, feed_id)
             # A hospital's own FHIR Bundle needs no adapter; anything else is the feed's format.
             translator = reader if format == "fhir" else self.translator(feed.adapter)
-            return await self._accept(translator, payload, header, feed, channel, peer, replay_of)
+            try:
+                return await self._accept(
+                    translator, payload, header, feed, channel, peer, replay_of
+                )
+            except FhirError as error:  # the translation is not a well-formed Bundle
+                raise _content_error(error) from None
         except IngestError as error:
-            encoding = feed.encoding if feed else "utf-8"
-            response = reader.acknowledge(payload, header, error.ack_code, error, encoding=encoding)
-            receipt = Receipt(
-                error.ack_code,
-                response,
-                feed.feed if feed else None,
-                header.control_id if header else None,
-                reason=error.reason,
-                location=error.location,
-            )
-            receipt.dead_letter = await self._dead_letter(
+            return await self._refuse(
                 payload, format, channel, peer, feed, header, error, replay_of
             )
-            log.warning(
-                "ingest %s %s feed=%s control_id=%s: %s",
-                channel,
-                error.ack_code,
-                receipt.feed,
-                receipt.control_id,
-                error.reason,
+        except Exception:
+            # A defect of ours (an adapter or the hub) must not lose the message either: it
+            # is refused with a generic reason, kept, and can be replayed once fixed.
+            log.exception("ingest of a message from %s failed unexpectedly", peer or channel)
+            internal = ContentError(
+                "the hub could not process this message (an internal error, logged); it is"
+                " kept and will be replayed once fixed",
+                hl7_code="207",
             )
-            return receipt
+            return await self._refuse(
+                payload, format, channel, peer, feed, header, internal, replay_of
+            )
+
+    async def _refuse(
+        self,
+        payload: bytes,
+        format: str,
+        channel: str,
+        peer: str | None,
+        feed: FeedConfig | None,
+        header: MessageHeader | None,
+        error: IngestError,
+        replay_of: int | None,
+    ) -> Receipt:
+        """Answer AE/AR and keep the message as a dead letter."""
+        reader = self.translators[format]
+        encoding = feed.encoding if feed else "utf-8"
+        response = reader.acknowledge(payload, header, error.ack_code, error, encoding=encoding)
+        receipt = Receipt(
+            error.ack_code,
+            response,
+            feed.feed if feed else None,
+            header.control_id if header else None,
+            reason=error.reason,
+            location=error.location,
+        )
+        receipt.dead_letter = await self._dead_letter(
+            payload, format, channel, peer, feed, header, error, replay_of
+        )
+        log.warning(
+            "ingest %s %s feed=%s control_id=%s: %s",
+            channel,
+            error.ack_code,
+            receipt.feed,
+            receipt.control_id,
+            error.reason,
+        )
+        return receipt
 
     async def _feed(
         self,
