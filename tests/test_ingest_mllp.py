@@ -329,3 +329,48 @@ def test_statistics_count_messages_resources_and_dead_letters_per_feed(
 def _feed_listed(hub: HubUnderTest, admin: Client, feed: str) -> bool:
     feeds = hub_admin_json(hub, admin, "/admin/feeds")["feeds"]
     return any(f["feed"] == feed for f in feeds)
+
+
+def test_damaged_messages_each_get_an_acknowledgement_and_nothing_fails_inside(
+    listener: Listener,
+) -> None:
+    """Damaged ORUs (cut, delimiters inserted, bytes changed) over one connection: each gets
+    AA, AE or AR, and the listener logs no internal failure."""
+    import random
+
+    from hl7.client import MLLPClient
+
+    rng = random.Random(7)
+    client = MLLPClient("127.0.0.1", listener.port)
+    codes = []
+    try:
+        for _ in range(120):
+            message = bytearray(oru(control(), "H-B", person(), "FZ" + uuid.uuid4().hex[:8]))
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(message))
+                roll = rng.random()
+                if roll < 0.4:
+                    message[at] = rng.choice(b"|^~\\&\r\x00\xe4A0.-")
+                elif roll < 0.7:
+                    del message[at : at + rng.randint(1, 20)]
+                else:
+                    message[at:at] = bytes([rng.choice(b"|^~\\&\r")]) * rng.randint(1, 4)
+            payload = bytes(message).replace(b"\x1c", b"").replace(b"\x0b", b"")
+            answer = _receive_all(client, client.send_message(payload))
+            codes.append(ack_fields(answer.strip(b"\x0b\x1c\r"))[0])
+    finally:
+        client.close()
+    assert set(codes) <= {"AA", "AE", "AR"} and len(codes) == 120
+    assert {"AA", "AE"} <= set(codes)
+    assert listener.log is not None
+    assert "failed unexpectedly" not in listener.log.read_text("utf-8", "replace")
+
+
+def _receive_all(client: Any, first: bytes) -> bytes:
+    data = first
+    while not data.endswith(b"\x1c\r"):
+        more = client.socket.recv(65536)
+        if not more:
+            break
+        data += more
+    return data

@@ -56,6 +56,13 @@ def _read_msh(payload: bytes) -> Message:
     body, _ = strip_bom(payload)
     if not body:
         raise Rejected("the message is empty", location="MSH", hl7_code="100")
+    nul = body.find(b"\x00")
+    if nul >= 0:  # never valid in ER7 text; PostgreSQL text cannot hold it either
+        raise Rejected(
+            f"the message contains a NUL byte (at offset {nul}); HL7 v2 text never does",
+            location="MSH",
+            hl7_code="102",
+        )
     if not body.startswith(b"MSH"):
         raise Rejected(
             "no MSH segment: an HL7 v2 message must start with MSH", location="MSH", hl7_code="100"

@@ -130,7 +130,9 @@ class DeadLetters:
         payload: bytes,
     ) -> int:
         """Keep a failed message. The same bytes failing again (a sender's resend) count as
-        another attempt of the open entry instead of a new entry."""
+        another attempt of the open entry instead of a new entry. The payload is kept as
+        bytes whatever it holds; the text columns are made storable (no NUL)."""
+        control_id, error, location = _text(control_id), str(_text(error)), _text(location)
         existing = await self._conn.fetchval(
             "UPDATE dead_letter SET attempts = attempts + 1, error = $3, location = $4,"
             " ack_code = $5, received_at = now()"
@@ -345,6 +347,11 @@ class UnmappedCodes:
             }
             for row in rows
         ]
+
+
+def _text(value: str | None) -> str | None:
+    """A string PostgreSQL text can hold: NUL shown as U+FFFD."""
+    return value.replace("\x00", "\ufffd") if value else value
 
 
 def _code_key(code: LocalCode) -> tuple[str, str]:
