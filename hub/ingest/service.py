@@ -176,9 +176,26 @@ class IngestService:
             reason=error.reason,
             location=error.location,
         )
-        receipt.dead_letter = await self._dead_letter(
-            payload, format, channel, peer, feed, header, error, replay_of
-        )
+        try:
+            async with self.hub.database.connection() as conn:
+                letters = DeadLetters(conn)
+                if replay_of is not None:
+                    await letters.failed_again(replay_of, error.reason, error.location)
+                    receipt.dead_letter = replay_of
+                else:
+                    receipt.dead_letter = await letters.add(
+                        feed_id=receipt.feed,
+                        format=format,
+                        channel=channel,
+                        peer=peer,
+                        control_id=receipt.control_id,
+                        ack_code=str(error.ack_code),
+                        error=error.reason,
+                        location=error.location,
+                        payload=payload,
+                    )
+        except (OSError, asyncpg.PostgresError):
+            log.exception("could not dead-letter a refused message (the sender got %s)", error)
         log.warning(
             "ingest %s %s feed=%s control_id=%s: %s",
             channel,
@@ -613,38 +630,6 @@ class IngestService:
                     await UnmappedCodes(conn).seen(feed.organization, translation.unmapped)
             except (OSError, asyncpg.PostgresError):
                 log.exception("unmapped-code count of feed %s", feed.feed)
-
-    async def _dead_letter(
-        self,
-        payload: bytes,
-        format: str,
-        channel: str,
-        peer: str | None,
-        feed: FeedConfig | None,
-        header: MessageHeader | None,
-        error: IngestError,
-        replay_of: int | None,
-    ) -> int | None:
-        try:
-            async with self.hub.database.connection() as conn:
-                letters = DeadLetters(conn)
-                if replay_of is not None:
-                    await letters.failed_again(replay_of, error.reason, error.location)
-                    return replay_of
-                return await letters.add(
-                    feed_id=feed.feed if feed else None,
-                    format=format,
-                    channel=channel,
-                    peer=peer,
-                    control_id=header.control_id if header else None,
-                    ack_code=str(error.ack_code),
-                    error=error.reason,
-                    location=error.location,
-                    payload=payload,
-                )
-        except (OSError, asyncpg.PostgresError):
-            log.exception("could not dead-letter a refused message (the sender got %s)", error)
-            return None
 
     @property
     def _base(self) -> str:

@@ -492,29 +492,7 @@ class RecordService:
             uow.references |= references
             references = set()
         content = self.protection.sealed_json(body)
-        if uow.pending is not None and self._deferrable(resource_type, body):
-            statement = uow.resources.write_statement(
-                resource_type,
-                resource_id,
-                version,
-                now,
-                content,
-                rows,
-                method=method,
-                owner_org=owner,
-                context=context,
-                replace=replace,
-                required=references,
-                required_owner=required_owner,
-                live_only=live_only,
-            )
-            uow.pending.append(PendingWrite(statement, resource_type, resource_id, replace))
-            stored = StoredResource(
-                0, resource_type, resource_id, version, now, content, False, owner
-            )
-            self.note(uow, stored, body)
-            return stored
-        written = await uow.resources.write(
+        statement = uow.resources.write_statement(
             resource_type,
             resource_id,
             version,
@@ -529,6 +507,14 @@ class RecordService:
             required_owner=required_owner,
             live_only=live_only,
         )
+        if uow.pending is not None and self._deferrable(resource_type, body):
+            uow.pending.append(PendingWrite(statement, resource_type, resource_id, replace))
+            stored = StoredResource(
+                0, resource_type, resource_id, version, now, content, False, owner
+            )
+            self.note(uow, stored, body)
+            return stored
+        written = await uow.resources.run_write(statement)
         if written.missing:
             raise unknown_references(written.missing)
         if written.pk is None:

@@ -227,45 +227,10 @@ class ResourceRepository:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def write(
-        self,
-        resource_type: str,
-        resource_id: str,
-        version_id: int,
-        last_updated: datetime,
-        content: str | None,
-        rows: IndexRows,
-        *,
-        method: str,
-        owner_org: str | None,
-        context: WriteContext,
-        replace: bool = False,
-        required: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
-        required_owner: str | None = None,
-        live_only: bool = False,
-    ) -> WriteResult:
-        """Write one version: resource row, version row and index rows in one statement.
-
-        Without ``replace`` the resource is created; with it, the stored row is replaced if it
-        is still at ``version_id - 1`` (and owned by ``required_owner``, and not deleted when
-        ``live_only``). ``owner_org`` None keeps the stored owner. ``required`` are local
-        references that must exist: if any does not, nothing is written.
-        """
-        sql, args = self.write_statement(
-            resource_type,
-            resource_id,
-            version_id,
-            last_updated,
-            content,
-            rows,
-            method=method,
-            owner_org=owner_org,
-            context=context,
-            replace=replace,
-            required=required,
-            required_owner=required_owner,
-            live_only=live_only,
-        )
+    async def run_write(self, statement: tuple[str, list[Any]]) -> WriteResult:
+        """Write one version (a ``write_statement``): resource row, version row and index
+        rows in one statement."""
+        sql, args = statement
         row = await self.connection.fetchrow(sql, *args)
         return WriteResult(row["pk"], sorted(row["missing"]))
 
@@ -286,7 +251,13 @@ class ResourceRepository:
         required_owner: str | None = None,
         live_only: bool = False,
     ) -> tuple[str, list[Any]]:
-        """The SQL and arguments of ``write`` (for ``write_many``)."""
+        """The statement that writes one version, for ``run_write`` or ``write_many``.
+
+        Without ``replace`` the resource is created; with it, the stored row is replaced if it
+        is still at ``version_id - 1`` (and owned by ``required_owner``, and not deleted when
+        ``live_only``). ``owner_org`` None keeps the stored owner. ``required`` are local
+        references that must exist: if any does not, nothing is written.
+        """
         types = [t for t, _ in required]
         ids = [i for _, i in required]
         args = [
