@@ -1073,3 +1073,26 @@ def test_mutated_messages_are_translated_or_refused_never_crash() -> None:
             ack = translator.acknowledge(payload, header, error.ack_code, error)
         assert ack.startswith(b"MSH|")
     assert outcomes["translated"] > 100 and outcomes["refused"] > 100  # both paths exercised
+
+
+def test_a_result_in_another_unit_than_the_map_says_is_not_given_the_maps_loinc() -> None:
+    """Glucose mapped to 14749-6 (mmol/L): a result sent in mg/dL must not carry that LOINC
+    or the UCUM code mmol/L; it keeps its local code and its own unit, tagged unmapped."""
+    assert CODES.get("GLU") is not None and CODES.get("GLU").unit == "mmol/L"  # type: ignore[union-attr]
+    translation = run(
+        utf8_message(
+            MSH_251,
+            PID_OK,
+            "OBR|1||F-UNIT|GLU^葡萄糖|||20261120083000||||||||||||||20261120090000||LAB|F",
+            "OBX|1|NM|GLU^葡萄糖||126|mg/dL|70-110|H|||F",
+            "OBX|2|NM|K^钾||4.1|mmol/L|3.5-5.3|N|||F",
+        )
+    )
+    glucose = observation(translation, "GLU")
+    assert [c["system"] for c in glucose["code"]["coding"]] == [FEED.local_code_system]
+    assert glucose["valueQuantity"]["unit"] == "mg/dL"
+    assert glucose["valueQuantity"].get("code") in (None, "mg/dL")
+    assert glucose["meta"]["tag"][0]["code"] == "unmapped-code"
+    assert any("mg/dL" in w for w in translation.warnings)
+    potassium = observation(translation, "K")  # the same unit as the map: mapped as usual
+    assert potassium["code"]["coding"][0]["system"] == "http://loinc.org"

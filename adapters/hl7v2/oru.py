@@ -1186,6 +1186,25 @@ def observation(
     builder.result_ids[value_key] = obx.index
     concept, target, mapped = mapped_concept(builder, code_value)
     value_type = segment.get(2).upper()
+    sent = _unit(segment, None)
+    if (
+        target is not None
+        and target.unit
+        and sent.text
+        and target.unit not in (sent.code, sent.text)
+    ):
+        # The map's LOINC is for results in another unit (mg/dL glucose is not the mmol/L
+        # test): claiming it would mislabel the value, so this result stays unmapped.
+        builder.warnings.append(
+            f"OBX[{obx.index}]-6 unit {sent.text!r} is not the unit the code map gives for"
+            f" {code_value.code!r} ({target.unit}); the result is kept with its local code only"
+        )
+        local = builder.feed.local_code_system
+        concept = {
+            **concept,
+            "coding": [c for c in concept.get("coding", []) if c.get("system") == local],
+        }
+        target, mapped = None, False
     unit = _unit(segment, target)
     status_code = segment.get(11).upper()
     if status_code:

@@ -32,6 +32,17 @@ UNMAPPED_TAG = {
 CODED_TYPES = frozenset({"Observation", "DiagnosticReport", "ServiceRequest"})
 
 
+def unit_conflict(resource: dict[str, Any], unit: str | None) -> bool:
+    """Whether the resource's quantity is in a unit other than ``unit`` (a map's UCUM code):
+    then the mapped LOINC (often unit-specific: mass vs substance) would mislabel it."""
+    quantity = resource.get("valueQuantity")
+    if not unit or not isinstance(quantity, dict):
+        return False
+    if quantity.get("code"):
+        return bool(quantity["code"] != unit)
+    return bool(quantity.get("unit")) and quantity.get("unit") != unit
+
+
 def map_codes(resource: dict[str, Any], codes: CodeMap) -> list[LocalCode]:
     """Put the mapped coding in front of each local coding of ``resource.code``; tag the
     resource when a local code has no mapping. Returns the unmapped local codes."""
@@ -46,6 +57,8 @@ def map_codes(resource: dict[str, Any], codes: CodeMap) -> list[LocalCode]:
         if not isinstance(coding, dict) or coding.get("system") != codes.source_system:
             continue
         target = codes.get(str(coding.get("code")))
+        if target is not None and unit_conflict(resource, target.unit):
+            target = None  # the map's code is for results in another unit: not this one
         if target is None:
             unmapped.append(
                 LocalCode(codes.source_system, str(coding.get("code")), coding.get("display", ""))
