@@ -27,7 +27,7 @@ import fhir_profiles
 from hub.fhir.outcomes import FhirError
 from hub.ingest.codemaps import UCUM, CodeMap, concept_map
 from hub.ingest.feeds import FeedConfig
-from hub.ingest.fhir_bundles import CODED_TYPES, UNMAPPED_TAG, map_codes
+from hub.ingest.fhir_bundles import CODED_TYPES, UNMAPPED_TAG, map_codes, unit_conflict
 from hub.ingest.ledger import CodeMappings, DeadLetter, DeadLetters, MessageLog, UnmappedCodes
 from hub.ingest.registry import REFRESH_SECONDS, CodeMapCache, FeedRegistry, load_translators
 from hub.ingest.translation import (
@@ -673,7 +673,7 @@ def apply_unit(resource: dict[str, Any], code_map: CodeMap) -> None:
     for coding in concept.get("coding") or []:
         if coding.get("system") == code_map.source_system:
             target = code_map.get(str(coding.get("code")))
-            if target is not None and target.unit:
+            if target is not None and target.unit and not unit_conflict(resource, target.unit):
                 quantity["system"] = UCUM
                 quantity["code"] = target.unit
             return
