@@ -534,3 +534,73 @@ def test_malformed_entry_requests_are_400_not_500(hospital_a: Client) -> None:
         assert response.json()["resourceType"] == "OperationOutcome"
     for body in (transaction("not an entry"), {**transaction(), "entry": {"a": 1}}):
         assert send(hospital_a, body).status_code == 400
+
+
+def _patient_id(client: Client) -> str:
+    created = client.post("/Patient", json=patient(client.organization, unique()))
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def test_two_conditional_updates_with_one_url_are_refused_not_duplicated(
+    hospital_a: Client,
+) -> None:
+    pid = _patient_id(hospital_a)
+    system, value = "https://yijian.example/result", unique()
+    url = f"Observation?identifier={system}|{value}"
+    body = {
+        **observation(hospital_a.organization, pid),
+        "identifier": [{"system": system, "value": value}],
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": body,
+                "request": {"method": "PUT", "url": url},
+            },
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": body,
+                "request": {"method": "PUT", "url": url},
+            },
+        ],
+    }
+    answer = hospital_a.post("", json=bundle)
+    assert answer.status_code == 400, answer.text
+    assert "same conditional URL" in answer.text
+    found = hospital_a.get("/Observation", params={"identifier": f"{system}|{value}"}).json()
+    assert found.get("total", 0) == 0 and not found.get("entry")
+
+
+def test_a_conditional_update_and_a_put_of_the_same_resource_are_refused(
+    hospital_a: Client,
+) -> None:
+    pid = _patient_id(hospital_a)
+    system, value = "https://yijian.example/result", unique()
+    body = {
+        **observation(hospital_a.organization, pid),
+        "identifier": [{"system": system, "value": value}],
+    }
+    created = hospital_a.post("/Observation", json=body)
+    oid = created.json()["id"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {**body, "valueQuantity": {"value": 1}},
+                "request": {"method": "PUT", "url": f"Observation?identifier={system}|{value}"},
+            },
+            {
+                "resource": {**body, "id": oid},
+                "request": {"method": "PUT", "url": f"Observation/{oid}"},
+            },
+        ],
+    }
+    answer = hospital_a.post("", json=bundle)
+    assert answer.status_code == 400, answer.text  # not a 503 "retry" that never succeeds
+    assert f"Observation/{oid}" in answer.text
+    assert hospital_a.get(f"/Observation/{oid}").json()["meta"]["versionId"] == "1"

@@ -107,8 +107,10 @@ async def run_transaction(
     responses: list[dict[str, Any] | None] = [None] * len(entries)
     mapping = _assign_ids(entries)
     uow.pending = []  # writes go out pipelined, before the first read and at the end
+    _check_repeated_criteria(entries)
     matched = await _resolve_conditional_creates(hub, principal, uow, entries, mapping)
     resolved = await _resolve_conditional_updates(hub, principal, uow, entries, mapping)
+    _check_overlaps(entries, mapping, resolved, matched)
     for index in order:
         if entries[index]["request"]["method"] in ("GET", "HEAD"):
             await uow.flush()
@@ -130,6 +132,55 @@ async def run_transaction(
         raise _missing_references(entries, mapping, missing)
     uow.references.clear()
     return bundle("transaction-response", [r for r in responses if r is not None])
+
+
+def _check_repeated_criteria(entries: list[dict[str, Any]]) -> None:
+    """Two conditional updates with the same URL would each resolve before either wrote."""
+    seen: dict[str, int] = {}
+    for index, item in enumerate(entries):
+        request = item["request"]
+        if _conditional_update_type(request) is None:
+            continue
+        if request["url"] in seen:
+            raise bad_request(
+                f"Bundle.entry[{seen[request['url']]}] and Bundle.entry[{index}] have the same"
+                f" conditional URL {request['url']!r}; a transaction changes a resource once",
+                code="business-rule",
+            )
+        seen[request["url"]] = index
+
+
+def _check_overlaps(
+    entries: list[dict[str, Any]],
+    mapping: dict[str, str],
+    resolved: dict[int, list[StoredResource]],
+    matched: dict[int, StoredResource],
+) -> None:
+    """FHIR: if any resource identities overlap, the transaction fails. Each entry that
+    writes is resolved to the resource it changes; two that change one resource are a 400."""
+    writes: dict[str, int] = {}
+    for index, item in enumerate(entries):
+        request = item["request"]
+        method = request["method"]
+        if method not in ("PUT", "DELETE", "PATCH") or index in matched:
+            continue
+        url = request["url"].split("?", 1)[0].strip("/")
+        target: str | None = url if url.count("/") == 1 else None
+        if index in resolved:
+            found = resolved[index]
+            if len(found) == 1:
+                target = f"{found[0].resource_type}/{found[0].resource_id}"
+            elif not found and isinstance(item.get("fullUrl"), str):
+                target = mapping.get(item["fullUrl"])
+        if target is None:
+            continue
+        if target in writes:
+            raise bad_request(
+                f"Bundle.entry[{writes[target]}] and Bundle.entry[{index}] both change"
+                f" {target}; a transaction changes a resource once",
+                code="business-rule",
+            )
+        writes[target] = index
 
 
 def _missing_references(
