@@ -374,3 +374,23 @@ def _receive_all(client: Any, first: bytes) -> bytes:
             break
         data += more
     return data
+
+
+def test_http_ingest_needs_a_token_that_may_write(hub: HubUnderTest, feeds: dict[str, str]) -> None:
+    import httpx
+
+    record = json.loads(
+        hub.cli(
+            "clients", "add", "--kind", "hospital", "--organization", hub.org_a,
+            "--name", "read-only LIS", "--scope", "system/*.rs", "--json",
+        ).stdout
+    )  # fmt: skip
+    token = hub.token(record["client_id"], record["client_secret"]).json()["access_token"]
+    filler = "F" + uuid.uuid4().hex[:10]
+    answer = httpx.post(
+        f"{hub.base_url}/ingest/{feeds['a']}",
+        content=oru(control(), "H-A", person(), filler, encoding="gbk"),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "x-application/hl7-v2+er7"},
+    )
+    assert answer.status_code == 403, answer.text
+    assert "scopes" in answer.text

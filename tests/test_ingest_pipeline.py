@@ -571,6 +571,13 @@ def fhir_bundle(org: str, identifier: str, *codes: str) -> tuple[dict[str, Any],
         ])  # fmt: skip
         resource["subject"] = {"reference": subject}
         resource["code"] = {"coding": [{"system": HTTP_CODES, "code": code, "display": "本院项目"}]}
+        # in the unit the demo map gives for GLU (a result in another unit is not mapped)
+        resource["valueQuantity"] = {
+            "value": 5.6,
+            "unit": "mmol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        }
         entries.append(
             {
                 "fullUrl": "urn:uuid:" + str(uuid.uuid4()),

@@ -22,12 +22,15 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from hub.api.dependencies import Caller, audited, get_hub
+from hub.api.fhir import fhir_base
 from hub.fhir.outcomes import FhirError, bad_request, forbidden
 from hub.ingest.feeds import FeedConfig
 from hub.ingest.ledger import ingest_statistics
 from hub.ingest.service import Channel
 from hub.ingest.translation import AckCode
+from hub.security import policy
 from hub.security.principals import ClientKind, Principal
+from hub.security.scopes import CREATE, UPDATE
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
@@ -37,12 +40,16 @@ HL7_MEDIA_TYPES = frozenset(
 )
 FHIR_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
 STATUS = {AckCode.ACCEPT: 200, AckCode.ERROR: 422, AckCode.REJECT: 400}
+RESULT_TYPES = ("Patient", "ServiceRequest", "Specimen", "DiagnosticReport", "Observation")
 
 
 @router.post("/ingest/{feed_id}")
 async def ingest(feed_id: str, request: Request, principal: Caller) -> Response:
     if principal.kind not in (ClientKind.HOSPITAL, ClientKind.ADMIN):
         raise forbidden("only hospital clients send results")
+    for resource_type in RESULT_TYPES:  # what a message writes: the token must allow it all
+        policy.require(principal, resource_type, CREATE)
+        policy.require(principal, resource_type, UPDATE)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type in HL7_MEDIA_TYPES:
         format = "hl7v2"
@@ -66,8 +73,9 @@ async def ingest(feed_id: str, request: Request, principal: Caller) -> Response:
         Channel.HTTP,
         format=format,
         peer=request.client.host if request.client else None,
-        principal=principal if principal.kind is ClientKind.HOSPITAL else None,
+        principal=principal,
         feed_id=feed_id,
+        base=fhir_base(request),
     )
     headers = {"X-Ingest-Acknowledgement": str(receipt.code)}
     if receipt.duplicate:

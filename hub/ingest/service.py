@@ -114,11 +114,14 @@ class IngestService:
         principal: Principal | None = None,
         feed_id: str | None = None,
         replay_of: int | None = None,
+        base: str | None = None,
     ) -> Receipt:
         """Process one message end to end and say what to answer. Never raises for bad input.
 
         ``feed_id`` names the feed when the transport knows it (an HTTP path, a feed's drop
-        folder, a replay); otherwise the message's sending facility chooses it.
+        folder, a replay); otherwise the message's sending facility chooses it. ``principal``
+        is the API client that sent it over HTTP: it writes with that client's scopes and is
+        the one audited. ``base`` is the FHIR base URL of responses (default: configured).
         """
         reader = self.translators.get(format)
         if reader is None:
@@ -131,8 +134,9 @@ class IngestService:
             # A hospital's own FHIR Bundle needs no adapter; anything else is the feed's format.
             translator = reader if format == "fhir" else self.translator(feed.adapter)
             try:
+                writer = feed_principal(feed, principal)
                 return await self._accept(
-                    translator, payload, header, feed, channel, peer, replay_of
+                    translator, payload, header, feed, channel, peer, writer, base or self._base
                 )
             except FhirError as error:  # the translation is not a well-formed Bundle
                 raise _content_error(error) from None
@@ -243,7 +247,11 @@ class IngestService:
                 location="MSH-4",
                 hl7_code="204",
             )
-        if principal is not None and principal.organization != feed.organization:
+        if (
+            principal is not None
+            and principal.kind is ClientKind.HOSPITAL
+            and principal.organization != feed.organization
+        ):
             raise Rejected(
                 f"feed {feed.feed!r} belongs to another organization than the calling client",
                 location="MSH-4",
@@ -268,7 +276,8 @@ class IngestService:
         feed: FeedConfig,
         channel: str,
         peer: str | None,
-        replay_of: int | None,
+        principal: Principal,
+        base: str,
     ) -> Receipt:
         digest = hashlib.sha256(payload).digest()
         async with self.hub.database.connection() as conn:
@@ -281,13 +290,12 @@ class IngestService:
         response = translator.acknowledge(
             payload, header, AckCode.ACCEPT, None, encoding=feed.encoding
         )
-        principal = feed_principal(feed)
         context = WriteContext(principal.client_id, feed.organization, header.control_id)
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 async with unit_of_work(self.hub.database, transaction=True) as uow:
                     result = await bundles.run_transaction(
-                        self.hub, principal, uow, entries, context, self._base
+                        self.hub, principal, uow, entries, context, base
                     )
                     if translator.name == "fhir":  # a resend gets the same transaction-response
                         response = orjson.dumps(result)
@@ -318,7 +326,9 @@ class IngestService:
                     f"the hub could not store the message ({type(error).__name__}); resend later",
                     hl7_code="207",
                 ) from None
-        await self._after_commit(feed, header, translation, uow.patients, uow.entities, peer)
+        await self._after_commit(
+            feed, header, translation, principal, uow.patients, uow.entities, peer
+        )
         return Receipt(
             AckCode.ACCEPT,
             response,
@@ -602,6 +612,7 @@ class IngestService:
         feed: FeedConfig,
         header: MessageHeader,
         translation: Translation,
+        principal: Principal,
         patients: set[str],
         entities: list[str],
         peer: str | None,
@@ -612,7 +623,7 @@ class IngestService:
             201,
             action="C",
             interaction="ingest",
-            client_id=f"feed:{feed.feed}",
+            client_id=principal.client_id,
             client_kind=str(ClientKind.HOSPITAL),
             organization=feed.organization,
             source_ip=peer,
@@ -642,14 +653,16 @@ class _AlreadyLogged(Exception):
     """The control id was logged by a concurrent delivery of the same message."""
 
 
-def feed_principal(feed: FeedConfig) -> Principal:
-    """The hospital a feed writes as: its own Organization, and nothing else."""
+def feed_principal(feed: FeedConfig, caller: Principal | None = None) -> Principal:
+    """The hospital a feed writes as: its own Organization, and nothing else. A message an
+    API client sent writes with that client's id and scopes (a read-only token writes
+    nothing); a listener's message with the feed's own (``feed:<id>``)."""
     return Principal(
-        client_id=f"feed:{feed.feed}",
+        client_id=caller.client_id if caller else f"feed:{feed.feed}",
         name=feed.name or feed.feed,
         kind=ClientKind.HOSPITAL,
         organization=feed.organization,
-        scopes=frozenset({"system/*.cruds"}),
+        scopes=caller.scopes if caller else frozenset({"system/*.cruds"}),
     )
 
 
