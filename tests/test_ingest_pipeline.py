@@ -904,6 +904,13 @@ def test_imaging_study_then_report(
     assert mr["imagingStudy"] == [{"reference": f"ImagingStudy/{study.json()['id']}"}]
     assert mr["conclusion"] == "头颅MR平扫未见明显异常。"
     assert mr["subject"]["reference"] == f"Patient/{created.json()['id']}"
+    # The RIS resends the same report under a new control id: nothing changes (the link the
+    # hub added is not a difference), so no new version.
+    resent = RIS_TEMPLATE.format(
+        control=control(), mrn=mrn, placer="MRAP" + filler, filler=filler, accession=accession
+    ).encode()
+    assert post_ingest(hub, hospital_a, SAMPLE_FEED, resent, HL7).status_code == 200
+    assert report(hospital_a, hub.org_a, filler)["meta"]["versionId"] == "1"
 
 
 def test_cbc_sample_is_found_by_a_doctor_elsewhere(

@@ -41,3 +41,8 @@ def add_study_references(report: dict[str, Any], study_ids: list[str]) -> bool:
     if added:
         report["imagingStudy"] = [*existing, *added]
     return bool(added)
+
+
+def accession_lock(system: str, value: str) -> str:
+    """The advisory-lock key that serialises writers of one accession number."""
+    return f"accession:{system}|{value}"

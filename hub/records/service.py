@@ -25,7 +25,7 @@ from hub.fhir.search import Cursor, SearchParser, SearchRequest, TokenValue
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 from hub.identity.protection import IdentifierProtection
 from hub.identity.service import without_master_tag
-from hub.records.accession import accession_numbers, add_study_references
+from hub.records.accession import accession_lock, accession_numbers, add_study_references
 from hub.records.unit_of_work import PendingWrite, UnitOfWork, unknown_references
 from hub.security import policy
 from hub.security.audit_events import AuditEventView
@@ -158,9 +158,9 @@ class RecordService:
         return self.identity.present(stored, policy.identifiers_in_full(principal))
 
     def needs_transaction(self, resource_type: str) -> bool:
-        """Writes of Patients also match and link them, and an ImagingStudy adds itself to its
-        reports; both must be atomic with the write."""
-        return resource_type in ("Patient", "ImagingStudy")
+        """Writes of Patients also match and link them, and imaging studies and reports are
+        linked by accession number (under a lock); these must be atomic with the write."""
+        return resource_type in ("Patient", "ImagingStudy", "DiagnosticReport")
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -248,7 +248,9 @@ class RecordService:
             wanted.append((resource_type, value.system, value.code))
             keys.append(f"{resource_type}?{sorted(query)}")
         await uow.resources.advisory_locks(keys)
-        return await uow.resources.by_tokens("identifier", wanted, policy.read_filter(principal))
+        return await uow.resources.by_tokens(
+            "identifier", wanted, policy.read_filter(principal), lock=uow.in_transaction
+        )
 
     async def update(
         self,
@@ -339,6 +341,9 @@ class RecordService:
         stored = orjson.loads(current.content)
         if self.protection.mentions_protected(stored):
             stored = self.protection.reveal(stored, True)
+        if "imagingStudy" in stored and "imagingStudy" not in resource:
+            # The hub linked the study (by accession number); a resend does not carry it.
+            resource = {**resource, "imagingStudy": stored["imagingStudy"]}
         return _content(stored) == _content(resource)
 
     async def _update_expected_version(
@@ -479,8 +484,11 @@ class RecordService:
             "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta},
         }
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
-        if resource_type == "DiagnosticReport":
-            for system, value in accession_numbers(body):
+        if resource_type == "DiagnosticReport" and (accessions := list(accession_numbers(body))):
+            # Serialised with a study of the same accession number written concurrently, so
+            # that whichever commits second sees the first and the two are linked.
+            await uow.resources.advisory_locks([accession_lock(s, v) for s, v in accessions])
+            for system, value in accessions:
                 studies = await ids_with_token(
                     uow.connection, "ImagingStudy", "identifier", system, value
                 )
@@ -534,7 +542,10 @@ class RecordService:
         self, uow: UnitOfWork, study_id: str, study: dict[str, Any], context: WriteContext
     ) -> None:
         """Add a study to the reports already stored with its accession number."""
-        for system, value in accession_numbers(study):
+        accessions = list(accession_numbers(study))
+        if accessions:
+            await uow.resources.advisory_locks([accession_lock(s, v) for s, v in accessions])
+        for system, value in accessions:
             report_ids = await ids_with_token(
                 uow.connection, "DiagnosticReport", "identifier", system, value
             )

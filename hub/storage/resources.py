@@ -328,7 +328,12 @@ class ResourceRepository:
         )
 
     async def by_tokens(
-        self, param: str, wanted: list[tuple[str, str, str]], access: AccessFilter
+        self,
+        param: str,
+        wanted: list[tuple[str, str, str]],
+        access: AccessFilter,
+        *,
+        lock: bool = False,
     ) -> list[list[StoredResource]]:
         """For each (resource type, system, code): the live resources whose ``param`` token
         has exactly that system and code and that ``access`` lets the caller see. One
@@ -341,7 +346,7 @@ class ResourceRepository:
         systems = sql.add([w[1] for w in wanted])
         codes = sql.add([w[2] for w in wanted])
         query = (
-            "SELECT DISTINCT q.i, r.pk, r.res_type, r.res_id, r.version_id, r.last_updated,"
+            "SELECT q.i, r.pk, r.res_type, r.res_id, r.version_id, r.last_updated,"
             " r.deleted, r.owner_org, r.content"
             f" FROM unnest({indexes}::int[], {types}::text[], {systems}::text[], {codes}::text[])"
             " AS q(i, t, s, c)"
@@ -350,8 +355,12 @@ class ResourceRepository:
             " JOIN resource r ON r.pk = x.pk"
             f" WHERE NOT r.deleted AND {access.sql(sql, 'r')} ORDER BY q.i, r.pk"
         )
+        if lock:  # the rows are about to be updated: hold them, as ``current(lock=True)``
+            query += " FOR UPDATE OF r"
         found: list[list[StoredResource]] = [[] for _ in wanted]
         for row in await self.connection.fetch(query, *sql.params):
+            if found[row["i"]] and found[row["i"]][-1].pk == row["pk"]:
+                continue  # the same resource carries the identifier twice
             found[row["i"]].append(
                 StoredResource(
                     row["pk"],
