@@ -246,7 +246,7 @@ class RecordService:
             ):
                 return None
             wanted.append((resource_type, value.system, value.code))
-            keys.append(f"{resource_type}?{sorted(query)}")
+            keys.append(_lock_key(resource_type, query, request))
         await uow.resources.advisory_locks(keys)
         return await uow.resources.by_tokens(
             "identifier", wanted, policy.read_filter(principal), lock=uow.in_transaction
@@ -607,7 +607,7 @@ class RecordService:
         request = self._parse(resource_type, query, strict=True)
         request.count = 2
         # Serialise concurrent conditional writes of the same criteria: no duplicate on replay.
-        await uow.resources.advisory_lock(f"{resource_type}?{sorted(query)}")
+        await uow.resources.advisory_lock(_lock_key(resource_type, query, request))
         page = await uow.resources.search(request, policy.read_filter(principal))
         return page.rows
 
@@ -846,6 +846,25 @@ class RecordService:
                 target_type, target_id, _ = split_reference(value["reference"])
                 if target_type == "Patient":
                     uow.patients.add(f"Patient/{target_id}")
+
+
+def _lock_key(resource_type: str, query: list[tuple[str, str]], request: SearchRequest) -> str:
+    """What conditional writes lock on. Criteria that are one exact identifier lock on its
+    canonical system and normalised (or keyed-hash) value, so the same number written another
+    way (a system alias, lowercase x, 15 digits) is serialised with it; others on the query."""
+    if len(request.criteria) == 1 and len(query) == 1:
+        criterion = request.criteria[0]
+        value = criterion.values[0] if len(criterion.values) == 1 else None
+        if (
+            criterion.param.code == "identifier"
+            and not criterion.modifier
+            and criterion.chain is None
+            and isinstance(value, TokenValue)
+            and value.system
+            and value.code is not None
+        ):
+            return f"{resource_type}?identifier={value.system}|{value.code}"
+    return f"{resource_type}?{sorted(query)}"
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
