@@ -937,7 +937,7 @@ def codes_unmapped(organization: str | None, as_json: bool) -> None:
     for row in rows:
         click.echo(
             f"{row['organization']}\t{row['local_code']}\t{row['local_display']}"
-            f"\t{row['unit']}\t{row['occurrences']}"
+            f"\t{row['unit']}\t{row['occurrences']}\t{row['reason']}"
         )
 
 

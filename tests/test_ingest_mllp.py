@@ -394,3 +394,21 @@ def test_http_ingest_needs_a_token_that_may_write(hub: HubUnderTest, feeds: dict
     )
     assert answer.status_code == 403, answer.text
     assert "scopes" in answer.text
+
+
+def test_a_result_in_another_unit_than_its_mapping_is_on_the_worklist(
+    hub: HubUnderTest, listener: Listener, hospital_b: Client, admin: Client
+) -> None:
+    """The demo map gives GLU as LOINC 14749-6 in mmol/L; glucose sent in mg/dL must not be
+    labelled with it, and the operator must see why the code still needs attention."""
+    filler = "F" + uuid.uuid4().hex[:10]
+    glucose = (("GLU", "葡萄糖", "126", "mg/dL", "70-110", "H"),)
+    assert (
+        ack_fields(send(listener.port, oru(control(), "H-B", person(), filler, glucose)))[0] == "AA"
+    )
+    found = observations(hospital_b, identifier=f"{_result_system(hub.org_b)}|{filler}:GLU:")
+    assert [c["code"] for c in found[0]["code"]["coding"]] == ["GLU"]
+    assert found[0]["valueQuantity"]["unit"] == "mg/dL"
+    worklist = hub_admin_json(hub, admin, f"/admin/unmapped-codes?organization={hub.org_b}")
+    row = next(r for r in worklist["unmapped"] if r["local_code"] == "GLU")
+    assert "14749-6" in row["reason"] and "mg/dL" in row["reason"]

@@ -328,22 +328,34 @@ class UnmappedCodes:
     async def worklist(
         self, organization: str | None = None, limit: int = 500
     ) -> list[dict[str, Any]]:
-        """Unmapped codes still without a mapping, most frequent first, per hospital."""
+        """Local codes results arrive with unmapped, by hospital, most frequent first: codes
+        without a mapping, and codes seen unmapped since their mapping last changed (the
+        result was in another unit than the mapping's, so it was not given its LOINC)."""
         rows = await self._conn.fetch(
             "SELECT u.organization, u.source_system, u.local_code, u.local_display, u.unit,"
-            " u.occurrences, u.first_seen, u.last_seen FROM unmapped_code u"
+            " u.occurrences, u.first_seen, u.last_seen, m.target_code, m.unit AS mapped_unit"
+            " FROM unmapped_code u LEFT JOIN code_mapping m"
+            "   ON m.source_system = u.source_system AND m.local_code = u.local_code"
             " WHERE ($1::text IS NULL OR u.organization = $1)"
-            "   AND NOT EXISTS (SELECT 1 FROM code_mapping m WHERE"
-            "     m.source_system = u.source_system AND m.local_code = u.local_code)"
+            "   AND (m.local_code IS NULL OR u.last_seen > m.updated_at)"
             " ORDER BY u.organization, u.occurrences DESC, u.local_code LIMIT $2",
             organization,
             limit,
         )
         return [
             {
-                **dict(row),
+                "organization": row["organization"],
+                "source_system": row["source_system"],
+                "local_code": row["local_code"],
+                "local_display": row["local_display"],
+                "unit": row["unit"],
+                "occurrences": row["occurrences"],
                 "first_seen": row["first_seen"].isoformat(),
                 "last_seen": row["last_seen"].isoformat(),
+                "reason": "no mapping"
+                if row["target_code"] is None
+                else f"mapped to {row['target_code']} in {row['mapped_unit']}; results came"
+                f" in {row['unit'] or 'another unit'}",
             }
             for row in rows
         ]
