@@ -4,6 +4,7 @@ what a doctor then finds through FHIR."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import uuid
@@ -278,7 +279,7 @@ def test_the_same_message_on_many_connections_at_once_is_stored_once(
 
 
 def test_an_oversized_message_is_refused_and_the_connection_goes_on(
-    hub: HubUnderTest, feeds: dict[str, str], tmp_path: Any
+    hub: HubUnderTest, feeds: dict[str, str], tmp_path: Any, admin: Client
 ) -> None:
     from hl7.client import MLLPClient
 
@@ -297,6 +298,11 @@ def test_an_oversized_message_is_refused_and_the_connection_goes_on(
             client.close()
         assert first[0] == "AR" and "4096" in first[2]
         assert second[0] == "AA"
+        letters = json.loads(hub.cli("deadletter", "list", "--status", "all", "--json").stdout)
+        kept = [x for x in letters if x["control_id"] == first[1]]
+        assert len(kept) == 1
+        detail = hub_admin_json(hub, admin, f"/admin/dead-letters/{kept[0]['id']}")
+        assert base64.b64decode(detail["payload_base64"]) == huge[:4096]  # its beginning
     finally:
         small.stop()
 

@@ -16,7 +16,6 @@ import socket
 from typing import TYPE_CHECKING
 
 from hub.ingest.service import Channel
-from hub.ingest.translation import AckCode, Rejected
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
@@ -29,7 +28,11 @@ READ_CHUNK = 64 * 1024
 
 
 class FrameTooLarge(Exception):
-    """A frame grew past the configured maximum before its end block arrived."""
+    """A frame grew past the configured maximum; ``prefix`` is its first maximum bytes."""
+
+    def __init__(self, prefix: bytes) -> None:
+        super().__init__(f"MLLP frame over {len(prefix)} bytes")
+        self.prefix = prefix
 
 
 class _FrameReader:
@@ -66,9 +69,10 @@ class _FrameReader:
             if end < 0:
                 scanned = len(self._buffer)
                 if len(self._buffer) - start > self._max:
+                    prefix = bytes(self._buffer[start + 1 : start + 1 + self._max])
                     del self._buffer[: start + 1]  # drop the start block; skip to the end
                     await self._skip_to_end()
-                    raise FrameTooLarge
+                    raise FrameTooLarge(prefix)
                 if not await self._fill():
                     if len(self._buffer) > start + 1:
                         log.warning("MLLP connection closed mid-message")
@@ -80,7 +84,7 @@ class _FrameReader:
             frame = bytes(self._buffer[start + 1 : end])
             del self._buffer[:cut]
             if len(frame) > self._max:
-                raise FrameTooLarge
+                raise FrameTooLarge(frame[: self._max])
             return frame
 
     async def _skip_to_end(self) -> None:
@@ -153,8 +157,12 @@ class MllpServer:
             while True:
                 try:
                     frame = await asyncio.wait_for(stream.next_frame(), self.idle_timeout)
-                except FrameTooLarge:
-                    await self._answer_oversized(writer)
+                except FrameTooLarge as too_large:
+                    receipt = await self.hub.ingest.refuse_oversized(
+                        too_large.prefix, Channel.MLLP, peer
+                    )
+                    writer.write(START_BLOCK + receipt.response + END_BLOCK)
+                    await writer.drain()
                     continue
                 if frame is None:
                     break
@@ -176,15 +184,6 @@ class MllpServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-    async def _answer_oversized(self, writer: asyncio.StreamWriter) -> None:
-        reader = self.hub.ingest.translators["hl7v2"]
-        error = Rejected(
-            f"the message is larger than {self.max_bytes} bytes (YIJIAN_MLLP_MAX_MESSAGE_BYTES)",
-            hl7_code="207",
-        )
-        writer.write(START_BLOCK + reader.acknowledge(b"", None, AckCode.REJECT, error) + END_BLOCK)
-        await writer.drain()
 
     def _begin(self) -> None:
         self._in_flight += 1

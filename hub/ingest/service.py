@@ -14,6 +14,7 @@ Any refusal is answered AE (content) or AR (format), and the raw bytes are dead-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -156,6 +157,20 @@ class IngestService:
             return await self._refuse(
                 payload, format, channel, peer, feed, header, internal, replay_of
             )
+
+    async def refuse_oversized(self, prefix: bytes, channel: str, peer: str | None) -> Receipt:
+        """Refuse a message over the size limit (AR). Its first ``len(prefix)`` bytes are kept
+        as the dead letter, so an operator sees who sent what."""
+        reader = self.translators["hl7v2"]
+        header = None
+        with contextlib.suppress(IngestError):
+            header = reader.header(prefix)
+        error = Rejected(
+            f"the message is larger than {len(prefix)} bytes (the listener's limit,"
+            " YIJIAN_MLLP_MAX_MESSAGE_BYTES); its beginning is kept",
+            hl7_code="207",
+        )
+        return await self._refuse(prefix, "hl7v2", channel, peer, None, header, error, None)
 
     async def _refuse(
         self,
