@@ -1003,8 +1003,9 @@ def codes_export(feed_id: str) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--feed", "feed_id", default=None, help="the feed (default: by MSH-4)")
 def import_files(paths: tuple[str, ...], feed_id: str | None) -> None:
-    """Load HL7 v2 files (.hl7/.txt, one or many messages) and FHIR transaction Bundles
-    (.json) through the ingest pipeline, with a progress bar."""
+    """Load HL7 v2 files (.hl7/.txt, one or many messages), FHIR transaction Bundles (.json)
+    and FHIR NDJSON (.ndjson, 500 resources a transaction) through the ingest pipeline, with
+    a progress bar. Bundles and NDJSON need --feed (they name no sending facility)."""
     from pathlib import Path
 
     from hub.ingest.files import file_format, ingest_file

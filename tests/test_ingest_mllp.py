@@ -418,3 +418,30 @@ def test_a_result_in_another_unit_than_its_mapping_is_on_the_worklist(
     worklist = hub_admin_json(hub, admin, f"/admin/unmapped-codes?organization={hub.org_b}")
     row = next(r for r in worklist["unmapped"] if r["local_code"] == "GLU")
     assert "14749-6" in row["reason"] and "mg/dL" in row["reason"]
+
+
+def test_ndjson_is_imported_in_transactions_and_a_second_import_stores_nothing_twice(
+    hub: HubUnderTest, feeds: dict[str, str], hospital_a: Client, tmp_path: Any
+) -> None:
+    from tests.conftest import observation, patient
+
+    patient_id = "nd" + uuid.uuid4().hex[:12]
+    someone = {**patient(hub.org_a, "MRN-" + patient_id), "id": patient_id}
+    results = [
+        observation(hub.org_a, patient_id, code=code, value=value)
+        for code, value in (("718-7", 13.1), ("6690-2", 6.2), ("777-3", 221))
+    ]
+    lines = [json.dumps(r, ensure_ascii=False) for r in (someone, *results)]
+    good = tmp_path / "export.ndjson"
+    good.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    first = hub.cli("import", "--feed", feeds["a"], str(good))
+    assert "1 messages accepted, 0 refused" in first.stdout
+    again = hub.cli("import", "--feed", feeds["a"], str(good))
+    assert "1 messages accepted, 0 refused" in again.stdout
+    found = hospital_a.get("/Observation", params={"subject": f"Patient/{patient_id}"}).json()
+    assert len(found.get("entry", [])) == 3  # not 6: the second import was a replay
+    broken = tmp_path / "broken.ndjson"
+    broken.write_text(lines[0] + "\n{not json\n", encoding="utf-8")
+    refused = hub.cli("import", "--feed", feeds["a"], str(broken), check=False)
+    assert refused.returncode == 1
+    assert "1 refused" in refused.stdout and "not JSON" in refused.stderr

@@ -1,4 +1,5 @@
-"""Files of messages: feeds' drop folders, and ``yijian import`` of HL7 files.
+"""Files of messages: feeds' drop folders, and ``yijian import`` of HL7 v2 files, FHIR
+transaction Bundles (``.json``) and FHIR NDJSON (``.ndjson``, in transactions of 500).
 
 A drop folder is polled; a file is taken once its size has stopped changing (the sender
 finished writing it), each message in it goes through the pipeline, and the file is moved to
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from hub.ingest.service import Channel, Receipt
 
@@ -26,6 +30,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 HL7_SUFFIXES = frozenset({".hl7", ".txt", ".er7", ".msg"})
 JSON_SUFFIXES = frozenset({".json"})
+NDJSON_SUFFIXES = frozenset({".ndjson", ".jsonl"})
+NDJSON_BATCH = 500  # resources per transaction
+NDJSON_BATCH_SYSTEM = "https://yijian-hub.org/fhir/sid/ndjson-batch"
 _MESSAGE_START = re.compile(rb"(?:^|[\r\n])(?=MSH\|)")
 _BATCH_SEGMENTS = re.compile(rb"^(?:FHS|BHS|BTS|FTS)\|")
 
@@ -50,11 +57,56 @@ def split_hl7(data: bytes) -> list[bytes]:
     return messages
 
 
+def split_ndjson(data: bytes, batch: int = NDJSON_BATCH) -> list[bytes]:
+    """FHIR NDJSON (one resource a line) as transaction Bundles of ``batch`` resources: a
+    resource with an id is PUT under it, one without is POSTed. Each Bundle's identifier is
+    the digest of its lines, so importing the same file again stores nothing twice. A line
+    that is not a JSON object is passed on alone, to be refused and dead-lettered as it is."""
+    payloads: list[bytes] = []
+    entries: list[dict[str, Any]] = []
+    digest = hashlib.sha256()
+
+    def close() -> None:
+        nonlocal entries, digest
+        if entries:
+            bundle = {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "identifier": {"system": NDJSON_BATCH_SYSTEM, "value": digest.hexdigest()},
+                "entry": entries,
+            }
+            payloads.append(orjson.dumps(bundle))
+        entries, digest = [], hashlib.sha256()
+
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            resource = None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            close()
+            payloads.append(line)
+            continue
+        digest.update(line)
+        kind = resource["resourceType"]
+        if isinstance(resource.get("id"), str):
+            request = {"method": "PUT", "url": f"{kind}/{resource['id']}"}
+        else:
+            request = {"method": "POST", "url": kind}
+        entries.append({"resource": resource, "request": request})
+        if len(entries) >= batch:
+            close()
+    close()
+    return payloads
+
+
 def file_format(path: Path) -> str | None:
     suffix = path.suffix.lower()
     if suffix in HL7_SUFFIXES:
         return "hl7v2"
-    if suffix in JSON_SUFFIXES:
+    if suffix in JSON_SUFFIXES or suffix in NDJSON_SUFFIXES:
         return "fhir"
     return None
 
@@ -75,7 +127,12 @@ async def ingest_file(
     """Every message of one file, in order, through the pipeline."""
     format = file_format(path) or "hl7v2"
     data = path.read_bytes()
-    messages = split_hl7(data) if format == "hl7v2" else [data]
+    if format == "hl7v2":
+        messages = split_hl7(data)
+    elif path.suffix.lower() in NDJSON_SUFFIXES:
+        messages = split_ndjson(data)
+    else:
+        messages = [data]
     result = FileResult(path)
     for message in messages:
         result.receipts.append(
