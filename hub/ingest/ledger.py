@@ -43,7 +43,7 @@ class DeadLetter:
     payload: bytes = b""
 
     def summary(self) -> dict[str, Any]:
-        """Everything but the payload, JSON-ready."""
+        """Everything but the payload, JSON-ready (lists do not read payloads)."""
         return {
             "id": self.id,
             "received_at": self.received_at.isoformat(),
@@ -58,7 +58,6 @@ class DeadLetter:
             "format": self.format,
             "attempts": self.attempts,
             "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
-            "size": len(self.payload) if self.payload else None,
         }
 
 
