@@ -835,8 +835,6 @@ def deadletter_list(status: str, feed: str | None, limit: int, as_json: bool) ->
 @click.argument("entry_id", type=int)
 @click.option("--raw", is_flag=True, help="write the message bytes exactly as received")
 def deadletter_show(entry_id: int, raw: bool) -> None:
-    from hub.api.ingest import _readable
-
     async def work(admin: _Admin) -> Any:
         letter = await admin.hub.ingest.dead_letter(entry_id)
         await admin.audit("R", "dead-letter", [f"dead-letter/{entry_id}"])
@@ -852,7 +850,7 @@ def deadletter_show(entry_id: int, raw: bool) -> None:
     for key, value in letter.summary().items():
         click.echo(f"{key}: {value}")
     click.echo("")
-    click.echo(_readable(letter.payload))
+    click.echo(letter.text())
 
 
 @deadletter.command("replay")

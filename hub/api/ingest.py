@@ -188,20 +188,9 @@ async def show_dead_letter(entry_id: int, request: Request, principal: Caller) -
         {
             **letter.summary(),
             "payload_base64": base64.b64encode(letter.payload).decode(),
-            "payload_text": letter.payload.decode("utf-8", errors="replace")
-            if letter.format == "fhir"
-            else _readable(letter.payload),
+            "payload_text": letter.text(),
         }
     )
-
-
-def _readable(payload: bytes) -> str:
-    """An HL7 message as text for a person: UTF-8 if it is, else GB18030; CR as newlines."""
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        text = payload.decode("gb18030", errors="replace")
-    return text.replace("\r", "\n")
 
 
 @router.post("/admin/dead-letters/{entry_id}/replay")

@@ -42,6 +42,17 @@ class DeadLetter:
     format: str = "hl7v2"
     payload: bytes = b""
 
+    def text(self) -> str:
+        """The message as text for a person: a Bundle as UTF-8; HL7 as UTF-8 if it is, else
+        GB18030, with its segments on lines of their own."""
+        if self.format == "fhir":
+            return self.payload.decode("utf-8", errors="replace")
+        try:
+            text = self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = self.payload.decode("gb18030", errors="replace")
+        return text.replace("\r", "\n")
+
     def summary(self) -> dict[str, Any]:
         """Everything but the payload, JSON-ready (lists do not read payloads)."""
         return {
