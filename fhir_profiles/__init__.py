@@ -91,3 +91,22 @@ def concept_map_path(name: str) -> Path:
     ``.json`` suffix may be left out)."""
     stem = name if name.endswith(".json") else f"{name}.json"
     return CONCEPT_MAPS_DIR / stem
+
+
+def recognition_catalogue() -> dict[str, Any]:
+    """The default recognition catalogue (``recognition/catalogue.json``): the items a region
+    starts from before tuning windows, scopes and prices. Not cached, as above."""
+    return load("recognition/catalogue.json")
+
+
+def operation_definitions() -> list[FhirJson]:
+    """Every OperationDefinition of ``operations/``, in filename order."""
+    return _directory("operations")
+
+
+def codesystem(url: str) -> FhirJson:
+    """The CodeSystem of ``codesystems/`` with this canonical URL (KeyError if none)."""
+    for resource in codesystems():
+        if resource.get("url") == url:
+            return resource
+    raise KeyError(url)

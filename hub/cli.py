@@ -1052,3 +1052,6 @@ def demo(host: str, port: int, mllp_port: int) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+import hub.cli_recognition  # noqa: E402, F401  (registers the recognition commands on `main`)

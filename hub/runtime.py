@@ -17,8 +17,10 @@ from hub.identity.identifiers import IdentifierSystems
 from hub.identity.protection import IdentifierProtection, load_identifier_keys
 from hub.identity.service import IdentityService
 from hub.ingest.service import IngestService
+from hub.recognition.service import RecognitionService
 from hub.records.service import RecordService
 from hub.security.audit import AuditWriter, load_audit_key
+from hub.security.cds_clients import CdsClientKeys
 from hub.security.clients import ClientRegistry
 from hub.security.keys import KeyRing
 from hub.security.tokens import TokenService
@@ -82,6 +84,18 @@ class Hub:
         from hub.tasks.queue import TaskQueue
 
         return TaskQueue(self.settings)
+
+    @functools.cached_property
+    def recognition(self) -> RecognitionService:
+        """The reuse check, reminders, decisions and the catalogue."""
+        return RecognitionService(
+            self.database, self.identity, zone(self.settings.default_timezone)
+        )
+
+    @functools.cached_property
+    def cds_clients(self) -> CdsClientKeys:
+        """EHRs registered to sign CDS Hooks requests with their own keys."""
+        return CdsClientKeys()
 
     @functools.cached_property
     def ingest(self) -> IngestService:

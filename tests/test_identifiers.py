@@ -104,8 +104,9 @@ def test_system_flags(systems: IdentifierSystems) -> None:
 
 
 def test_identifier_type_codesystem() -> None:
-    (codesystem,) = fhir_profiles.codesystems()
-    assert codesystem["url"] == HUB_IDENTIFIER_TYPE_SYSTEM
+    (codesystem,) = [
+        c for c in fhir_profiles.codesystems() if c["url"] == HUB_IDENTIFIER_TYPE_SYSTEM
+    ]
     codes = {concept["code"]: concept for concept in codesystem["concept"]}
     assert codes["outpatient"]["designation"][0]["value"] == "门诊号"
     assert codes["inpatient"]["designation"][0]["value"] == "住院号"

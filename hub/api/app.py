@@ -21,7 +21,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from hub import __version__
-from hub.api import admin, auth, fhir, identity, ingest, operations
+from hub.api import admin, auth, cds, fhir, identity, ingest, operations, recognition
 from hub.api.middleware import ObservabilityMiddleware
 from hub.api.responses import fhir_response
 from hub.fhir.outcomes import FhirError
@@ -88,6 +88,8 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     api.include_router(admin.router)
     api.include_router(identity.router)
     api.include_router(ingest.router)
+    api.include_router(recognition.router)
+    api.include_router(cds.router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -102,7 +104,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
             log.info("hub stopped")
 
     app = Starlette(
-        routes=[*identity.routes, *fhir.routes, Mount("/", app=api)],
+        routes=[*identity.routes, *recognition.routes, *fhir.routes, Mount("/", app=api)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

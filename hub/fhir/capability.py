@@ -80,6 +80,10 @@ def capability_statement(registry: SearchParamRegistry, base: str) -> dict[str, 
                     "name": "ihe-pix",
                     "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
                 },
+                {
+                    "name": "reusable-results",
+                    "definition": "https://yijian-hub.org/fhir/OperationDefinition/Patient-reusable-results",
+                },
             ]
         resources.append(entry)
     return {

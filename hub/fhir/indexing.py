@@ -14,6 +14,7 @@ from typing import Any
 
 from hub.fhir.datetimes import DateFormatError, parse_range
 from hub.fhir.paths import element_roots
+from hub.fhir.results import RESULT_TYPES, ResultFact, result_facts
 from hub.fhir.searchparams import SearchParam, SearchParamRegistry
 
 MAX_STRING = 512
@@ -33,6 +34,7 @@ class IndexRows:
     reference: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
     quantity: list[tuple[str, Decimal, str | None, str | None]] = field(default_factory=list)
     uri: list[tuple[str, str]] = field(default_factory=list)
+    result: list[ResultFact] = field(default_factory=list)
 
     def references(self) -> set[tuple[str, str]]:
         """Local ``(type, id)`` targets, for referential-integrity checks.
@@ -66,6 +68,8 @@ class Indexer:
                 continue
             for value, fhir_type in param.path.evaluate(resource):
                 self._add(rows, param, value, fhir_type)
+        if resource["resourceType"] in RESULT_TYPES:
+            rows.result = result_facts(resource, self.zone)
         return rows
 
     def _add(self, rows: IndexRows, param: SearchParam, value: Any, fhir_type: str | None) -> None:

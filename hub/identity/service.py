@@ -690,11 +690,7 @@ class IdentityService:
                 target,
             ):
                 raise FhirError(403, "forbidden", f"targetSystem {target} is not known")
-        try:
-            value = self.systems.normalize(system, value)
-        except InvalidIdentifier as error:
-            raise bad_request(self._masked_message(system, str(error))) from None
-        code = self.protection.hash(system, value) if system in self.protection.protected else value
+        system, value, code = self.index_token(system, value)
         rows = await uow.connection.fetch(
             "SELECT r.res_id FROM idx_token x JOIN resource r ON r.pk = x.pk "
             "WHERE x.res_type = 'Patient' AND x.param = 'identifier' AND x.system = $1 "
@@ -723,6 +719,18 @@ class IdentityService:
                 seen.add((sys_, plain))
                 identifiers.append({"system": sys_, "value": plain})
         return holders, identifiers
+
+    def index_token(self, system: str, value: str) -> tuple[str, str, str]:
+        """How a Patient identifier is indexed: the canonical system, the normalised value,
+        and the code searched (that value, or its keyed hash for a protected system). A value
+        that fails the system's checks (a bad ID-card checksum) is a 400."""
+        system = self.systems.canonical(system)
+        try:
+            value = self.systems.normalize(system, value)
+        except InvalidIdentifier as error:
+            raise bad_request(self._masked_message(system, str(error))) from None
+        code = self.protection.hash(system, value) if system in self.protection.protected else value
+        return system, value, code
 
     # -- reading ----------------------------------------------------------------------------------
 

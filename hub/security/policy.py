@@ -174,6 +174,27 @@ def identifiers_in_full(principal: Principal) -> bool:
     return rules(principal).identifiers_in_full
 
 
+# Mutual recognition, by client kind: "check" (the reuse check: $reusable-results and the CDS
+# services), "decide" (record views and decisions on reminders of its own organization),
+# "statistics" (an admin sees all; a hospital its own organization) and "catalogue" (edit).
+RECOGNITION: dict[ClientKind, frozenset[str]] = {
+    ClientKind.HOSPITAL: frozenset({"check", "decide", "statistics"}),
+    ClientKind.DOCTOR: frozenset({"check", "decide"}),
+    ClientKind.CONSULTANT: frozenset(),
+    ClientKind.ADMIN: frozenset({"check", "decide", "statistics", "catalogue"}),
+}
+
+
+def require_recognition(principal: Principal, action: str) -> None:
+    """403 unless the client's kind may take this recognition action (and, for a check,
+    its scopes allow reading results)."""
+    if action not in RECOGNITION[principal.kind]:
+        raise forbidden(f"a {principal.kind} client may not {action} (mutual recognition)")
+    if action == "check":
+        for resource_type in ("Observation", "DiagnosticReport"):
+            require(principal, resource_type, scopes.READ)
+
+
 def require_identity(principal: Principal, action: str) -> None:
     """403 unless the principal may ``find`` patients across hospitals or ``manage`` links."""
     if action not in rules(principal).identity:

@@ -55,6 +55,41 @@ class TokenService:
         token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
         return token, self.lifetime
 
+    def sign_link(self, subject: str, purpose: str, lifetime: int) -> str:
+        """A signed, expiring token naming ``subject`` for one ``purpose`` (a link in a CDS
+        card that an EHR's browser opens without the hub's bearer token)."""
+        now = int(time.time())
+        key = self.keyring.signing_key
+        claims = {
+            "iss": self.issuer,
+            "aud": f"{self.issuer}#{purpose}",
+            "sub": subject,
+            "iat": now,
+            "exp": now + lifetime,
+        }
+        return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+
+    def verify_link(self, token: str, purpose: str) -> str:
+        """The subject of a ``sign_link`` token; InvalidToken if forged, expired or for
+        another purpose."""
+        try:
+            public_key = self.keyring.public_key(str(jwt.get_unverified_header(token).get("kid")))
+            if public_key is None:
+                raise InvalidToken("the link was not signed by this hub")
+            claims = jwt.decode(
+                token,
+                public_key,
+                algorithms=[ALGORITHM],
+                audience=f"{self.issuer}#{purpose}",
+                issuer=self.issuer,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the link has expired") from None
+        except jwt.InvalidTokenError as error:
+            raise InvalidToken(f"the link is not valid: {error}") from None
+        return str(claims["sub"])
+
     def verify(self, token: str) -> Principal:
         cached = self._verified.get(token)
         if cached is not None:

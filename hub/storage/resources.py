@@ -7,7 +7,7 @@ it is given). All methods run on the unit of work's connection and transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,13 +76,18 @@ _INDEX_INSERTS = """
    SELECT w.pk, $1, u.p, u.v, u.s, u.c FROM w,
    unnest($25::text[], $26::numeric[], $27::text[], $28::text[]) AS u(p, v, s, c)),
  i_uri AS (INSERT INTO idx_uri (pk, res_type, param, uri)
-   SELECT w.pk, $1, u.p, u.u FROM w, unnest($29::text[], $30::text[]) AS u(p, u))
+   SELECT w.pk, $1, u.p, u.u FROM w, unnest($29::text[], $30::text[]) AS u(p, u)),
+ i_result AS (INSERT INTO idx_result (pk, res_type, patient_id, system, code, site, effective,
+        status, performer, group_key, flags)
+   SELECT w.pk, $1, u.a, u.s, u.c, u.b, u.e, u.t, u.o, u.g, u.f FROM w,
+   unnest($31::text[], $32::text[], $33::text[], $34::text[], $35::timestamptz[], $36::text[],
+          $37::text[], $38::text[], $39::text[]) AS u(a, s, c, b, e, t, o, g, f))
 """
 
 _VERSION_INSERT = """
  v AS (INSERT INTO resource_version (pk, version_id, res_type, res_id, last_updated, method,
         deleted, author_client, author_org, request_id, content)
-   SELECT w.pk, $3, $1, $2, $4, $7, $31, $8, $9, $10, $6 FROM w)
+   SELECT w.pk, $3, $1, $2, $4, $7, $40, $8, $9, $10, $6 FROM w)
 """
 
 _INDEX_DELETES = """
@@ -91,17 +96,18 @@ _INDEX_DELETES = """
  d_date AS (DELETE FROM idx_date WHERE pk IN (SELECT pk FROM w)),
  d_reference AS (DELETE FROM idx_reference WHERE pk IN (SELECT pk FROM w)),
  d_quantity AS (DELETE FROM idx_quantity WHERE pk IN (SELECT pk FROM w)),
- d_uri AS (DELETE FROM idx_uri WHERE pk IN (SELECT pk FROM w))
+ d_uri AS (DELETE FROM idx_uri WHERE pk IN (SELECT pk FROM w)),
+ d_result AS (DELETE FROM idx_result WHERE pk IN (SELECT pk FROM w))
 """
 
 # $1 type, $2 id, $3 version, $4 last_updated, $5 owner, $6 content, $7 method, $8 client,
-# $9 org, $10 request id, $11..$30 index arrays, $31 deleted, $32/$33 types/ids of the local
-# references that must exist; for updates $34 the owner the row must have (or NULL) and $35
+# $9 org, $10 request id, $11..$39 index arrays, $40 deleted, $41/$42 types/ids of the local
+# references that must exist; for updates $43 the owner the row must have (or NULL) and $44
 # whether a deleted row must not be revived.
 # Nothing is written when a required reference is missing (the statement returns which), nor,
 # for an update, unless the stored version is still the one before $3 (optimistic concurrency).
 _MISSING = """
- missing AS (SELECT u.t || '/' || u.i AS ref FROM unnest($32::text[], $33::text[]) AS u(t, i)
+ missing AS (SELECT u.t || '/' || u.i AS ref FROM unnest($41::text[], $42::text[]) AS u(t, i)
    WHERE NOT EXISTS (SELECT 1 FROM resource x
                      WHERE x.res_type = u.t AND x.res_id = u.i AND NOT x.deleted))
 """
@@ -111,7 +117,7 @@ CREATE_SQL = f"""
 WITH {_MISSING},
  w AS (INSERT INTO resource
    (res_type, res_id, version_id, last_updated, deleted, owner_org, content)
-   SELECT $1, $2, $3, $4, $31, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM missing)
+   SELECT $1, $2, $3, $4, $40, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM missing)
    ON CONFLICT (res_type, res_id) DO NOTHING RETURNING pk),
 {_VERSION_INSERT}, {_INDEX_INSERTS}
 {_RESULT}
@@ -119,10 +125,10 @@ WITH {_MISSING},
 
 UPDATE_SQL = f"""
 WITH {_MISSING},
- w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $31,
+ w AS (UPDATE resource SET version_id = $3, last_updated = $4, deleted = $40,
    owner_org = COALESCE($5, owner_org), content = COALESCE($6, content)
    WHERE res_type = $1 AND res_id = $2 AND version_id = $3 - 1
-     AND ($34::text IS NULL OR owner_org = $34) AND NOT (deleted AND $35)
+     AND ($43::text IS NULL OR owner_org = $43) AND NOT (deleted AND $44)
      AND NOT EXISTS (SELECT 1 FROM missing)
    RETURNING pk),
 {_INDEX_DELETES}, {_VERSION_INSERT}, {_INDEX_INSERTS}
@@ -156,6 +162,7 @@ def _index_arrays(rows: IndexRows) -> list[Any]:
         *columns(rows.reference, 4),
         *columns(rows.quantity, 4),
         *columns(rows.uri, 2),
+        *columns([astuple(fact) for fact in rows.result], 9),
     ]
 
 
