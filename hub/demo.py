@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import errno
+import json
 import os
 import signal
 import socket
@@ -550,6 +552,7 @@ async def _start(
     inbound = await _send_hl7(hub, _client_host(host), mllp_port, data_dir)
     inbound.backfill = backfill
     inbound.example = _write_example(data_dir)
+    inbound.cds_example = _write_cds_example(data_dir)
     _print_banner(base, credentials, loaded, url, inbound, parts)
 
 
@@ -569,7 +572,7 @@ async def _register(hub: Hub) -> dict[str, dict[str, str]]:
     )
     orgs = {}
     async with unit_of_work(hub.database, transaction=True) as uow:
-        for hospital in HOSPITALS:
+        for number, hospital in enumerate(HOSPITALS):
             outcome = await hub.records.create(
                 uow,
                 operator,
@@ -579,6 +582,7 @@ async def _register(hub: Hub) -> dict[str, dict[str, str]]:
                     "active": True,
                     "name": hospital.name,
                     "identifier": [{"system": HOSPITAL_SYSTEM, "value": hospital.code}],
+                    "extension": _recognition_extensions(number),
                 },
                 WriteContext(operator.client_id, "hub", None),
                 if_none_exist=f"identifier={HOSPITAL_SYSTEM}|{hospital.code}",
@@ -604,6 +608,25 @@ async def _register(hub: Hub) -> dict[str, dict[str, str]]:
                 client_id, secret = client.client_id, await registry.reset_secret(client.client_id)
             credentials[role] = {"client_id": client_id, "client_secret": secret, "org": org}
     return credentials
+
+
+def _recognition_extensions(number: int) -> list[dict[str, Any]]:
+    """Where a demo hospital is (all in Hangzhou: the city scope recognises each other's
+    results) and its quality-control passes, valid from a year ago to a year ahead."""
+    from hub.recognition.institutions import COMMUNITY_URL, REGION_URL, qc_pass_extension
+
+    today = datetime.date.today()
+    start, end = (
+        (today - datetime.timedelta(days=365)).isoformat(),
+        (today + datetime.timedelta(days=365)).isoformat(),
+    )
+    region = ("330102", "330106", "330105")[number % 3]
+    disciplines = ["hematology", "clinical-chemistry", "immunology", "body-fluids", "radiology"]
+    return [
+        {"url": REGION_URL, "valueCode": region},
+        {"url": COMMUNITY_URL, "valueString": "演示医共体 demo medical community"},
+        *(qc_pass_extension(d, start, end, "演示省临床检验中心 EQA") for d in disciplines),
+    ]
 
 
 def _short_name(hospital: DemoHospital) -> str:
@@ -684,6 +707,7 @@ class _Inbound:
     problems: list[str] = field(default_factory=list)
     backfill: int = 0
     example: Path | None = None
+    cds_example: Path | None = None
 
 
 async def _send_hl7(hub: Hub, host: str, port: int, data_dir: Path) -> _Inbound:
@@ -759,6 +783,53 @@ def _write_example(data_dir: Path) -> Path:
     return path
 
 
+def _write_cds_example(data_dir: Path) -> Path:
+    """A CDS Hooks order-sign request from hospital 3's EHR: 王芳 (known to it only by her
+    resident ID) is about to get a CBC, a liver function panel and a chest CT."""
+    orders = [
+        ("order-cbc", "http://loinc.org", "58410-2", "血常规 CBC"),
+        ("order-lft", "http://loinc.org", "24325-3", "肝功能 Hepatic function panel"),
+        ("order-ct", "http://loinc.org", "24627-2", "胸部CT CT Chest"),
+    ]
+    request = {
+        "hook": "order-sign",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {
+            "userId": "Practitioner/demo-doctor",
+            "patientId": "ehr-patient-1",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "ServiceRequest",
+                            "id": order_id,
+                            "status": "draft",
+                            "intent": "order",
+                            "code": {"coding": [{"system": system, "code": code}], "text": text},
+                            "subject": {"reference": "Patient/ehr-patient-1"},
+                        }
+                    }
+                    for order_id, system, code, text in orders
+                ],
+            },
+        },
+        "prefetch": {
+            "patient": {
+                "resourceType": "Patient",
+                "id": "ehr-patient-1",
+                "identifier": [{"system": RESIDENT_ID, "value": "330102198603140020"}],
+            }
+        },
+        "extension": {"org.yijian-hub.department": "心内科 Cardiology"},
+    }
+    path = data_dir / "demo" / "cds-order-sign.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(request, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
 async def _load(base: str, credentials: dict[str, dict[str, str]]) -> int:
     """Push each hospital's results as a transaction Bundle through the FHIR API."""
     count = 0
@@ -790,6 +861,14 @@ async def _load(base: str, credentials: dict[str, dict[str, str]]) -> int:
                     1 for e in response.json()["entry"] if e["response"]["status"].startswith("201")
                 )
     return count
+
+
+def _days_ago(days: int, clock: str) -> str:
+    """A local time some days before today: the demo's FHIR results are always recent, so
+    the reuse check has something to find (a re-run creates nothing: the pushes are
+    conditional on the results' identifiers)."""
+    day = datetime.date.today() - datetime.timedelta(days=days)
+    return f"{day.isoformat()}T{clock}:00+08:00"
 
 
 def _patient_bundle(hospital: DemoHospital, org: str, patient: tuple[str, ...]) -> dict[str, Any]:
@@ -849,8 +928,8 @@ def _patient_bundle(hospital: DemoHospital, org: str, patient: tuple[str, ...]) 
                         "text": name,
                     },
                     "subject": {"reference": patient_url},
-                    "effectiveDateTime": f"2026-11-{18 + index % 3:02d}T08:30:00+08:00",
-                    "issued": f"2026-11-{18 + index % 3:02d}T11:00:00+08:00",
+                    "effectiveDateTime": _days_ago(2 + index % 3, "08:30"),
+                    "issued": _days_ago(2 + index % 3, "11:00"),
                     "performer": [{"reference": f"Organization/{org}"}],
                     "valueQuantity": {
                         "value": value,
@@ -896,8 +975,8 @@ def _patient_bundle(hospital: DemoHospital, org: str, patient: tuple[str, ...]) 
                     "text": "血常规 Complete blood count",
                 },
                 "subject": {"reference": patient_url},
-                "effectiveDateTime": "2026-11-18T08:30:00+08:00",
-                "issued": "2026-11-18T11:00:00+08:00",
+                "effectiveDateTime": _days_ago(2, "08:30"),
+                "issued": _days_ago(2, "11:00"),
                 "performer": [{"reference": f"Organization/{org}"}],
                 "result": result_refs[:3],
                 "conclusion": "血常规未见明显异常 (no significant abnormality)",
@@ -944,6 +1023,8 @@ def _print_banner(
         f"  OAuth2 token         {base}/auth/token  (grant_type=client_credentials)",
         f"  Health / metrics     {base}/healthz  {base}/metrics",
         f"  API docs             {base}/api/docs",
+        f"  CDS Hooks            {base}/cds-services  (exam-reuse: order-select;"
+        " exam-reuse-sign: order-sign)",
         f"  HL7 v2 MLLP          {mllp}  (ORU^R01; MSH-4 chooses the feed; ACK after commit)",
         f"  Drop folder          {_drop_folder(data_dir, FEEDS[2])}/  (*.hl7 of {FEEDS[2].feed})",
         f"  Worker               yijian worker --beat, pid {parts.worker.pid}"
@@ -982,6 +1063,7 @@ def _print_banner(
             f"  {role:<20} client_id={creds['client_id']}  client_secret={creds['client_secret']}"
         )
     doctor = credentials["doctor"]
+    h3 = credentials[f"hospital:{HOSPITALS[2].code}"]
     yijian = _command("yijian")
     in_data_dir = (
         f"YIJIAN_DATA_DIR={data_dir} " if os.environ.get("YIJIAN_DATA_DIR") is not None else ""
@@ -1006,6 +1088,15 @@ def _print_banner(
         f"  {in_data_dir}{yijian} feeds list",
         f"  {in_data_dir}{yijian} codes unmapped",
         f"  {in_data_dir}{yijian} deadletter list",
+        "  # mutual recognition: hospital 3's EHR is about to order a CBC, liver function and a",
+        "  # chest CT for 王芳; the hub answers CDS Hooks cards for what she already has elsewhere",
+        f"  EHR=$(curl -s -d grant_type=client_credentials -d client_id={h3['client_id']} "
+        f"-d client_secret={h3['client_secret']} {base}/auth/token | python3 -c "
+        "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        f'  curl -s -H "Authorization: Bearer $EHR" -H "Content-Type: application/json"'
+        f" -d @{inbound.cds_example} {base}/cds-services/exam-reuse-sign | python3 -m json.tool",
+        f"  {in_data_dir}{yijian} recognition stats        # reminders, decisions, savings",
+        f"  {in_data_dir}{yijian} catalogue list           # what may be reused, for how long",
         "  # send an ORU^R01 yourself with the hl7 package's mllp_send (it prints the ACK; the",
         "  # same message again is acknowledged again and stored once):",
         f"  {_command('mllp_send')} --loose --file {inbound.example} --port {parts.mllp.port}"

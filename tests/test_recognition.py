@@ -219,7 +219,6 @@ def test_reusable_results_operation(
     assert items["718-7"]["catalogueItem"]["code"] == "cbc"
     assert items["9999-9"]["outcome"] == "not-recognisable"
     # instance level, by hospital P's own record of the person: same answer
-    items = reusable(region.c, code="cbc") if False else items
     response = region.c.client.get(
         f"/Patient/{someone.sources[region.p.id]}/$reusable-results", params={"code": "cbc"}
     )
@@ -659,3 +658,95 @@ def test_catalogue_edits_are_versions_and_windows_differ_by_region(
     out = hub.cli("catalogue", "show", "cbc").stdout
     assert json.loads(out)["validity_days"] == 7
     assert "cbc" in hub.cli("catalogue", "list").stdout
+
+
+def test_fhirpy_calls_the_operation(
+    hub: HubUnderTest, region: Region, scenario: tuple[Someone, dict[str, str], dict[str, str]]
+) -> None:
+    """An independent FHIR client (fhirpy) runs $reusable-results, GET and POST."""
+    from fhirpy import SyncFHIRClient
+
+    someone, _, _ = scenario
+    token = hub.token(region.c.client.client_id, region.c.client.secret).json()["access_token"]
+    client = SyncFHIRClient(hub.fhir, authorization=f"Bearer {token}")
+    answer = client.execute(
+        f"Patient/{someone.sources[region.b.id]}/$reusable-results",
+        method="get",
+        params={"code": "cbc"},
+    )
+    assert items_of(answer)["cbc"]["outcome"] == "reusable"
+    answer = client.execute(
+        "Patient/$reusable-results",
+        data={
+            "resourceType": "Parameters",
+            "parameter": [
+                {
+                    "name": "identifier",
+                    "valueIdentifier": {
+                        "system": "https://yijian-hub.org/fhir/sid/resident-id",
+                        "value": someone.resident_id,
+                    },
+                },
+                {"name": "code", "valueCoding": {"system": LOINC, "code": "718-7"}},
+                {"name": "date", "valueDateTime": days_ago(-30)},
+            ],
+        },
+    )
+    # a month from now the CBC has expired
+    assert items_of(answer)["718-7"]["outcome"] == "expired"
+
+
+def test_results_received_as_hl7_are_reusable(hub: HubUnderTest, region: Region) -> None:
+    """A hospital LIS sends an ORU^R01 with local codes; its feed's code map (the demo LIS
+    map) gives LOINC; hospital C's EHR is told the CBC can be reused, with the values."""
+    import yaml
+
+    from tests.oru import Person, oru
+
+    tag = uuid.uuid4().hex[:8].upper()
+    feed, facility = f"reuse-lis-{tag.lower()}", f"REUSE-{tag}"
+    (hub.adapters_dir / f"{feed}.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "feed": feed,
+                "organization": region.a.id,
+                "sending_facility": facility,
+                "code_map": "demo-lis",
+                "identifiers": {facility: "mrn", "SFZ": "resident-id"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    someone = person(fresh_people())
+    observed = days_ago(2).replace("-", "").replace("T", "").replace(":", "")[:14]
+    message = oru(
+        f"T{tag}",
+        facility,
+        Person(
+            f"M{tag}", someone.name, "F", someone.birth_date.strftime("%Y%m%d"), someone.resident_id
+        ),
+        f"F{tag}",
+        observed=observed,
+    )
+    headers = {"Content-Type": "x-application/hl7-v2+er7"}
+    deadline = time.time() + 15
+    while True:  # the hub reads new feed files within seconds
+        response = region.a.http.post(f"/ingest/{feed}", content=message, headers=headers)
+        if response.status_code != 400 or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert response.status_code == 200, response.text
+    orders = draft_orders(("cbc", [{"system": LOINC, "code": "58410-2"}]))
+    prefetched = {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": "https://yijian-hub.org/fhir/sid/resident-id", "value": someone.resident_id}
+        ],
+    }
+    cards = cds(region.c, "exam-reuse-sign", hook_request("order-sign", prefetched, orders)).json()[
+        "cards"
+    ]
+    (card,) = cards
+    assert card["source"]["topic"]["code"] == "cbc"
+    assert "血红蛋白" in card["detail"] and "118 g/L" in card["detail"]
+    assert card["summary"].endswith(f"杭州市西湖区人民医院 {days_ago(2)[:10]})")

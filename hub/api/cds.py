@@ -119,7 +119,7 @@ def _orders(context: dict[str, Any], hook: str) -> list[RequestedCode]:
         not isinstance(selections, list) or not all(isinstance(s, str) for s in selections)
     ):
         raise bad_request("order-select needs context.selections (a list of Type/id)")
-    wanted = set(selections) if hook == "order-select" else None
+    wanted = set(selections) if hook == "order-select" and isinstance(selections, list) else None
     codes: list[RequestedCode] = []
     for entry in bundle.get("entry") or []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -128,7 +128,7 @@ def _orders(context: dict[str, Any], hook: str) -> list[RequestedCode]:
         reference = f"ServiceRequest/{resource['id']}" if resource.get("id") else None
         if wanted is not None and reference not in wanted:
             continue
-        concept = resource.get("code") if isinstance(resource.get("code"), dict) else {}
+        concept: dict[str, Any] = resource["code"] if isinstance(resource.get("code"), dict) else {}
         for coding in concept.get("coding") or []:
             if isinstance(coding, dict) and coding.get("code"):
                 codes.append(
@@ -312,8 +312,10 @@ def _decision(item: Any, index: int) -> tuple[uuid.UUID, str, str | None, str | 
             raise bad_request(f"{where}.outcomeTimestamp is not an instant") from None
     if outcome == "accepted":
         return card, "accepted", None, None, at
-    override = item.get("overrideReason") if isinstance(item.get("overrideReason"), dict) else {}
-    reason = override.get("reason") if isinstance(override.get("reason"), dict) else {}
+    override: dict[str, Any] = (
+        item["overrideReason"] if isinstance(item.get("overrideReason"), dict) else {}
+    )
+    reason: dict[str, Any] = override["reason"] if isinstance(override.get("reason"), dict) else {}
     if reason and reason.get("system") not in (None, DECLINE_REASONS_URL):
         raise bad_request(f"{where}.overrideReason.reason must be from {DECLINE_REASONS_URL}")
     comment = override.get("userComment")

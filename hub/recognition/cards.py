@@ -37,6 +37,11 @@ def result_lines(verdict: Verdict, contents: Mapping[str, Mapping[str, Any]]) ->
         if member.res_type == "Observation":
             lines.append(_observation_line(resource))
         elif member.res_type == "DiagnosticReport":
+            for ref in resource.get("result") or []:
+                listed = contents.get(str(ref.get("reference")))
+                if listed is not None and ref.get("reference") not in seen:
+                    seen.add(str(ref["reference"]))
+                    lines.append(_observation_line(listed))
             lines.extend(_report_lines(resource))
         elif member.res_type == "ImagingStudy" and resource.get("description"):
             lines.append(f"检查 Study: {resource['description']}")
@@ -208,7 +213,7 @@ def reuse_card(
             EXTENSION_PREFIX + "validUntil": valid_until,
         },
     }
-    if verdict.requested.order:
+    if (verdict.requested.order or "").startswith("ServiceRequest/"):
         card["selectionBehavior"] = "at-most-one"
         card["suggestions"] = [
             {

@@ -32,6 +32,19 @@ WHERE $3 AND x.patient_id = ANY($1::text[]) AND x.res_type = 'DiagnosticReport'
   AND x.group_key LIKE 'ImagingStudy/%'
 """
 
+# Results by pk, plus the Observations their reports list (a report's values for a card).
+_CONTENTS = """
+WITH chosen AS (SELECT res_type, res_id, content FROM resource WHERE pk = ANY($1::bigint[]))
+SELECT res_type, res_id, content FROM chosen
+UNION
+SELECT r.res_type, r.res_id, r.content
+FROM chosen c
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN c.res_type = 'DiagnosticReport' THEN c.content::jsonb -> 'result' END) AS e(ref)
+JOIN resource r ON r.res_type = 'Observation'
+    AND r.res_id = split_part(e.ref ->> 'reference', '/', 2) AND NOT r.deleted
+"""
+
 # The person (every record linked to the given ones) plus what tells caches they are stale.
 _PERSON = """
 WITH given AS (
@@ -175,13 +188,10 @@ class RecognitionRepository:
         return list(seen.values())
 
     async def contents(self, pks: Sequence[int]) -> dict[str, dict[str, Any]]:
-        """Current JSON of results by ``Type/id``."""
+        """Current JSON of results by ``Type/id``, with the results a report lists."""
         if not pks:
             return {}
-        rows = await self.connection.fetch(
-            "SELECT res_type, res_id, content FROM resource WHERE pk = ANY($1::bigint[])",
-            list(pks),
-        )
+        rows = await self.connection.fetch(_CONTENTS, list(pks))
         return {f"{r['res_type']}/{r['res_id']}": orjson.loads(r["content"]) for r in rows}
 
     # -- reminders and decisions --------------------------------------------------------------

@@ -12,7 +12,7 @@ result's failure is the reason given.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -273,47 +273,48 @@ def _judge(
 ) -> Verdict:
     item = resolved.item
     days = item.validity_for(situation.ordering.region)
-    base = {"item": item, "component": resolved.component, "window_days": days}
-    if not sets:
-        return Verdict(requested, Outcome.NO_RESULT, "无既往结果 / no earlier result", **base)
+    template = Verdict(
+        requested,
+        Outcome.NO_RESULT,
+        "无既往结果 / no earlier result",
+        item=item,
+        component=resolved.component,
+        window_days=days,
+    )
     first: Verdict | None = None
     for result in sets:
-        verdict = _judge_one(catalogue, requested, item, result, days, situation, base)
+        verdict = _judge_one(catalogue, template, result, situation)
         if verdict.reusable:
             return verdict
         first = first or verdict
-    assert first is not None
-    return first
+    return first or template
 
 
 def _judge_one(
-    catalogue: Catalogue,
-    requested: RequestedCode,
-    item: CatalogueItem,
-    result: ResultSet,
-    days: int,
-    situation: Situation,
-    base: dict[str, object],
+    catalogue: Catalogue, template: Verdict, result: ResultSet, situation: Situation
 ) -> Verdict:
+    item = template.item
+    days = template.window_days
+    assert item is not None and days is not None
     performer = situation.institutions.get(result.performer or "")
     effective = result.effective
     valid_until = effective + timedelta(days=days) if effective else None
-    context = {
-        **base,
-        "result": result,
-        "institution": performer,
-        "valid_until": valid_until,
-        "label": catalogue.label(performer.region if performer else None),
-    }
     place = performer.name if performer else "未知机构 unknown institution"
     when = f"{place} {effective.astimezone(situation.at.tzinfo).date()}" if effective else place
 
     def verdict(outcome: Outcome, reason: str) -> Verdict:
-        return Verdict(requested, outcome, reason, **context)  # type: ignore[arg-type]
+        return replace(
+            template,
+            outcome=outcome,
+            reason=reason,
+            result=result,
+            institution=performer,
+            valid_until=valid_until,
+            label=catalogue.label(performer.region if performer else None),
+        )
 
-    if not result.final or (
-        item.category == "imaging" and item.requires_report and not result.has_report
-    ):
+    needs_report = item.category == "imaging" and item.requires_report and not result.has_report
+    if not result.final or needs_report:
         return verdict(Outcome.NOT_FINAL, f"结果未最终确认（{when}） / not final yet")
     if effective is None or valid_until is None or valid_until < situation.at:
         return verdict(

@@ -224,7 +224,7 @@ class RecognitionService:
                 label=verdict.label or "",
                 price_cny=verdict.item.price_cny,
                 result_org=verdict.result.performer,
-                order_ref=verdict.requested.order,
+                order_ref=_draft_order(verdict.requested),
                 requested=verdict.requested.token,
                 hook=context.hook,
                 hook_instance=context.hook_instance,
@@ -300,6 +300,12 @@ class RecognitionService:
         if reminder is None or (organization and reminder["organization"] != organization):
             raise FhirError(404, "not-found", f"reminder {reminder_id} does not exist")
         return reminder
+
+
+def _draft_order(requested: RequestedCode) -> str | None:
+    """The draft ServiceRequest a code came from, when the EHR gave it an id."""
+    order = requested.order or ""
+    return order if order.startswith("ServiceRequest/") else None
 
 
 def parse_catalogue(raw: Any) -> CatalogueDocument:

@@ -91,10 +91,12 @@ class CdsClientKeys:
         row = await connection.fetchrow(
             "SELECT client_id, jwks FROM cds_client_key WHERE issuer = $1", issuer
         )
-        jwks = row["jwks"] if row else None
-        if isinstance(jwks, str):
-            jwks = json.loads(jwks)
-        found = Registration(issuer, row["client_id"], jwks) if row else None
+        found = None
+        if row is not None:
+            jwks = row["jwks"]
+            found = Registration(
+                issuer, row["client_id"], json.loads(jwks) if isinstance(jwks, str) else jwks
+            )
         self._cache[issuer] = (time.monotonic(), found)
         return found
 
