@@ -337,8 +337,8 @@ def test_operation_errors(region: Region, hub: HubUnderTest, consultant: Client)
     assert response.status_code == 401
 
 
-def test_post_parameters_records_reminders(
-    region: Region, scenario: tuple[Someone, dict[str, str], dict[str, str]]
+def test_a_workstation_check_records_reminders(
+    region: Region, scenario: tuple[Someone, dict[str, str], dict[str, str]], hub: HubUnderTest
 ) -> None:
     someone, _, _ = scenario
     body = {
@@ -350,10 +350,12 @@ def test_post_parameters_records_reminders(
             },
             {"name": "code", "valueCoding": {"system": LOINC, "code": "58410-2"}},
             {"name": "code", "valueCoding": {"system": ITEM, "code": "ct-chest"}},
-            {"name": "record", "valueBoolean": True},
+            {"name": "department", "valueString": "全科 General practice"},
         ],
     }
-    response = region.c.client.post("/Patient/$reusable-results", json=body)
+    # the FHIR operation only reads: it knows no department and records nothing
+    assert region.c.client.post("/Patient/$reusable-results", json=body).status_code == 400
+    response = region.c.http.post("/recognition/checks", json=body)
     assert response.status_code == 200, response.text
     items = items_of(response.json())
     reminder = items["58410-2"]["reminder"]
@@ -361,8 +363,15 @@ def test_post_parameters_records_reminders(
     found = region.c.http.get(f"/recognition/reminders/{reminder}")
     assert found.status_code == 200
     assert found.json()["item_id"] == "cbc" and found.json()["source"] == "api"
+    assert found.json()["department"] == "全科 General practice"
     # another hospital cannot see or decide it
     assert region.a.http.get(f"/recognition/reminders/{reminder}").status_code == 404
+    # the OperationDefinition the CapabilityStatement names is served
+    definition = httpx.get(
+        f"{hub.fhir}/OperationDefinition/Patient-reusable-results",
+        headers={"Authorization": region.c.client.http.headers["Authorization"]},
+    ).json()
+    assert definition["code"] == "reusable-results" and definition["affectsState"] is False
 
 
 # -- CDS Hooks -------------------------------------------------------------------------------------
@@ -430,15 +439,22 @@ def test_feedback_and_statistics(
 ) -> None:
     someone, _, _ = scenario
     department = f"心内科-{uuid.uuid4().hex[:6]}"
-    orders = draft_orders(("cbc-1", [{"system": LOINC, "code": "58410-2"}]))
-    body = hook_request(
-        "order-sign", None, orders, patient_id=someone.sources[region.a.id], department=department
-    )
     cards = []
-    for _ in range(4):
-        body["hookInstance"] = str(uuid.uuid4())
+    for number in range(4):
+        order = (f"cbc-{number}-{uuid.uuid4().hex[:6]}", [{"system": LOINC, "code": "58410-2"}])
+        body = hook_request(
+            "order-sign",
+            None,
+            draft_orders(order),
+            patient_id=someone.sources[region.a.id],
+            department=department,
+        )
         response = cds(region.c, "exam-reuse-sign", body)
         cards.append(next(c for c in response.json()["cards"] if c.get("suggestions")))
+    # the EHR retries the last call: the same order's reminder is shown again, not a new one
+    body["hookInstance"] = str(uuid.uuid4())
+    again = cds(region.c, "exam-reuse-sign", body).json()["cards"]
+    assert next(c for c in again if c.get("suggestions"))["uuid"] == cards[-1]["uuid"]
     accepted, declined, viewed, overlooked = cards
 
     def feedback(card: dict[str, Any], **item: Any) -> httpx.Response:
@@ -447,49 +463,60 @@ def test_feedback_and_statistics(
             json={"feedback": [{"card": card["uuid"], "outcomeTimestamp": days_ago(0), **item}]},
         )
 
+    answer = feedback(
+        accepted,
+        outcome="accepted",
+        acceptedSuggestions=[{"id": accepted["suggestions"][0]["uuid"]}],
+    )
+    assert answer.status_code == 200 and answer.json() == {"recorded": 1, "skipped": []}
+    # a decline needs a reason, and "other" needs words: such feedback records nothing
+    for override in (
+        None,
+        {"reason": {"system": DECLINE, "code": "other"}},
+        {"reason": {"system": DECLINE, "code": "because"}},
+        {"reason": {"system": DECLINE, "code": ["condition-changed"]}},
+    ):
+        extra = {"overrideReason": override} if override else {}
+        answer = feedback(declined, outcome="overridden", **extra)
+        assert answer.status_code == 200 and answer.json()["recorded"] == 0, override
     assert (
-        feedback(
-            accepted,
-            outcome="accepted",
-            acceptedSuggestions=[{"id": accepted["suggestions"][0]["uuid"]}],
-        ).status_code
-        == 200
-    )
-    # a decline needs a reason, and "other" needs words
-    assert feedback(declined, outcome="overridden").status_code == 400
-    response = feedback(
-        declined,
-        outcome="overridden",
-        overrideReason={"reason": {"system": DECLINE, "code": "other"}},
-    )
-    assert response.status_code == 400 and "text" in response.text
-    response = feedback(
-        declined,
-        outcome="overridden",
-        overrideReason={"reason": {"system": DECLINE, "code": "because"}},
-    )
-    assert response.status_code == 400
-    assert (
-        feedback(
+        "text"
+        in feedback(
             declined,
             outcome="overridden",
-            overrideReason={
-                "reason": {"system": DECLINE, "code": "condition-changed", "display": "病情变化"},
-                "userComment": "胸痛加重",
-            },
-        ).status_code
-        == 200
+            overrideReason={"reason": {"system": DECLINE, "code": "other"}},
+        ).json()["skipped"][0]["reason"]
     )
-    # unknown cards, and another hospital's cards, are not found
-    assert feedback({"uuid": str(uuid.uuid4())}, outcome="accepted").status_code == 404
+    answer = feedback(
+        declined,
+        outcome="overridden",
+        overrideReason={
+            "reason": {"system": DECLINE, "code": "condition-changed", "display": "病情变化"},
+            "userComment": "胸痛加重",
+        },
+    )
+    assert answer.json()["recorded"] == 1
+    # unknown cards (the explanation card), and another hospital's cards, record nothing;
+    # the good items of the same request are still recorded
     response = region.a.http.post(
         "/cds-services/exam-reuse-sign/feedback",
-        json={"feedback": [{"card": accepted["uuid"], "outcome": "accepted"}]},
+        json={
+            "feedback": [
+                {"card": accepted["uuid"], "outcome": "accepted"},
+                {"card": str(uuid.uuid4()), "outcome": "accepted"},
+            ]
+        },
     )
-    assert response.status_code == 404
-    # the card's link counts the view and opens the workstation on the result
+    assert response.status_code == 200 and response.json()["recorded"] == 0
+    assert len(response.json()["skipped"]) == 2
+    malformed = feedback({"uuid": "not-a-uuid"}, outcome="accepted").json()
+    assert malformed["recorded"] == 0 and "uuid" in malformed["skipped"][0]["reason"]
+    # the card's link: a page (link previewers GET it: nothing counted), whose POST counts the
+    # view and opens the workstation on the result
     link = viewed["links"][0]["url"]
-    opened = httpx.get(link, follow_redirects=False)
+    page = httpx.get(link, follow_redirects=False)
+    assert page.status_code == 200 and '<form method="post">' in page.text
+    opened = httpx.post(link, follow_redirects=False)
     assert opened.status_code == 303
     assert opened.headers["location"].startswith(
         f"/results/{viewed['extension']['org.yijian-hub.result']}?reminder={viewed['uuid']}"
@@ -750,3 +777,197 @@ def test_results_received_as_hl7_are_reusable(hub: HubUnderTest, region: Region)
     assert card["source"]["topic"]["code"] == "cbc"
     assert "血红蛋白" in card["detail"] and "118 g/L" in card["detail"]
     assert card["summary"].endswith(f"杭州市西湖区人民医院 {days_ago(2)[:10]})")
+
+
+# -- what the review found ---------------------------------------------------------------------
+
+
+def test_a_hospital_cannot_borrow_another_hospitals_qc_pass(region: Region) -> None:
+    """Hospital P (Beijing: outside the city scope) names hospital A (Hangzhou) first among
+    the performers: the result is still P's (the hub knows who wrote it)."""
+    someone = enrol([region.p])
+    ident = f"https://yijian-hub.org/fhir/sid/resident-id|{someone.resident_id}"
+    written = cbc_panel(region.p, someone.sources[region.p.id], days_ago(1))
+    for reference in written.values():
+        if reference.startswith(("Observation/", "DiagnosticReport/")):
+            body = region.p.client.get(f"/{reference}").json()
+            body.pop("meta")
+            body["performer"] = [
+                {"reference": f"Organization/{region.a.id}"},
+                {"reference": f"Organization/{region.p.id}"},
+            ]
+            assert region.p.client.put(f"/{reference}", json=body).status_code == 200
+    item = reusable(region.c, identifier=ident, code="cbc")["cbc"]
+    assert item["outcome"] == "out-of-scope"
+    assert item["performer"]["reference"] == f"Organization/{region.p.id}"
+
+
+def test_a_report_listing_its_results_counts_their_flags(region: Region) -> None:
+    """A CBC pushed as a report whose ``result`` lists its Observations (no ``basedOn``) with
+    a critical platelet count is not suggested; the card would have shown [LL]."""
+    someone = enrol([region.a])
+    ident = f"https://yijian-hub.org/fhir/sid/resident-id|{someone.resident_id}"
+    pid = someone.sources[region.a.id]
+    org = {"reference": f"Organization/{region.a.id}"}
+    resources: list[dict[str, Any]] = []
+    results = []
+    for code, name, value, unit, _ in CBC:
+        ref = f"urn:uuid:{uuid.uuid4()}"
+        results.append({"reference": ref})
+        observation: dict[str, Any] = {
+            "_urn": ref,
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": code}], "text": name},
+            "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": days_ago(1),
+            "performer": [org],
+            "valueQuantity": {"value": value, "unit": unit},
+        }
+        if code == "777-3":
+            observation["valueQuantity"]["value"] = 12
+            observation["interpretation"] = [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                            "code": "LL",
+                        }
+                    ]
+                }
+            ]
+        resources.append(observation)
+    resources.append(
+        {
+            "_urn": f"urn:uuid:{uuid.uuid4()}",
+            "resourceType": "DiagnosticReport",
+            "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "58410-2"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": days_ago(1),
+            "performer": [org],
+            "result": results,
+        }
+    )
+    from tests.recognition_support import transaction
+
+    transaction(region.a.client, resources)
+    assert reusable(region.c, identifier=ident, code="cbc")["cbc"]["outcome"] == "needs-review"
+
+
+def test_a_newer_critical_result_is_not_passed_over(region: Region) -> None:
+    someone = enrol([region.a])
+    ident = f"https://yijian-hub.org/fhir/sid/resident-id|{someone.resident_id}"
+    cbc_panel(region.a, someone.sources[region.a.id], days_ago(5))
+    assert reusable(region.c, identifier=ident, code="cbc")["cbc"]["outcome"] == "reusable"
+    cbc_panel(region.a, someone.sources[region.a.id], days_ago(1), flags={"718-7": "LL"})
+    assert reusable(region.c, identifier=ident, code="cbc")["cbc"]["outcome"] == "needs-review"
+    # ...but as of three days ago, the critical result did not exist yet
+    earlier = reusable(region.c, identifier=ident, code="cbc", date=days_ago(3))["cbc"]
+    assert earlier["outcome"] == "reusable"
+
+
+def test_identifiers_of_two_people_are_refused(region: Region) -> None:
+    one, two = enrol([region.a]), enrol([region.a])
+    cbc_panel(region.a, two.sources[region.a.id], days_ago(1))
+    system = "https://yijian-hub.org/fhir/sid/resident-id"
+    response = region.c.client.get(
+        "/Patient/$reusable-results",
+        params={
+            "identifier": [f"{system}|{one.resident_id}", f"{system}|{two.resident_id}"],
+            "code": "cbc",
+        },
+    )
+    assert response.status_code == 409, response.text
+    prefetched = {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": system, "value": one.resident_id},
+            {"system": system, "value": two.resident_id},
+        ],
+    }
+    orders = draft_orders(("o-two", [{"system": LOINC, "code": "58410-2"}]))
+    (card,) = cds(
+        region.c, "exam-reuse-sign", hook_request("order-sign", prefetched, orders)
+    ).json()["cards"]
+    assert card["indicator"] == "warning" and "suggestions" not in card
+
+
+def test_concurrent_catalogue_edits_are_all_kept(region: Region, admin: Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = region.c.http.base_url
+    base = admin.http.get(f"{root}/admin/catalogue/items/ferritin").json()
+    names = [f"race-{uuid.uuid4().hex[:6]}" for _ in range(6)]
+
+    def put(name: str) -> int:
+        return admin.http.put(
+            f"{root}/admin/catalogue/items/{name}", json={**base, "id": name}
+        ).status_code
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(put, names)) == [200] * 6
+        items = {
+            i["id"] for i in admin.http.get(f"{root}/admin/catalogue").json()["document"]["items"]
+        }
+        assert set(names) <= items
+    finally:
+        for name in names:
+            admin.http.delete(f"{root}/admin/catalogue/items/{name}")
+
+
+def test_malformed_inputs_are_400s_not_500s(
+    region: Region, scenario: tuple[Someone, dict[str, str], dict[str, str]], admin: Client
+) -> None:
+    someone, _, _ = scenario
+    pid = someone.sources[region.a.id]
+    orders = draft_orders(("o-bad", [{"system": LOINC, "code": "58410-2"}]))
+    odd = hook_request("order-sign", None, orders, patient_id=pid)
+    odd["prefetch"] = "x"
+    assert cds(region.c, "exam-reuse-sign", odd).status_code == 200
+    odd["prefetch"] = {"user": {"resourceType": "PractitionerRole", "specialty": ["x", {}]}}
+    assert cds(region.c, "exam-reuse-sign", odd).status_code == 200
+    numeric = hook_request(
+        "order-sign", None, draft_orders(("o", [{"system": 5, "code": "1"}])), patient_id=pid
+    )
+    assert cds(region.c, "exam-reuse-sign", numeric).status_code == 400
+    client = region.c.client
+    assert (
+        client.get(
+            "/Patient/$reusable-results", params={"patient": "a\x00", "code": "cbc"}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.get(f"/Patient/{pid}/$reusable-results", params={"code": "x\x00"}).status_code == 400
+    )
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}},
+            {"name": "code", "valueCoding": {"system": {}, "code": "cbc"}},
+        ],
+    }
+    assert client.post("/Patient/$reusable-results", json=body).status_code == 400
+    root = region.c.http.base_url
+    assert admin.http.get(f"{root}/admin/catalogue/versions/99999999999").status_code == 400
+    assert admin.http.get(f"{root}/admin/catalogue/versions/0").status_code == 400
+
+
+def test_results_referencing_a_patient_elsewhere_do_not_count(region: Region) -> None:
+    someone = enrol([region.a])
+    ident = f"https://yijian-hub.org/fhir/sid/resident-id|{someone.resident_id}"
+    pid = someone.sources[region.a.id]
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "4548-4"}]},
+        "subject": {"reference": f"http://other.example/fhir/Patient/{pid}"},
+        "effectiveDateTime": days_ago(1),
+        "performer": [{"reference": f"Organization/{region.a.id}"}],
+        "valueQuantity": {"value": 5.6, "unit": "%"},
+    }
+    response = region.a.client.post("/Observation", json=observation)
+    assert response.status_code == 201, response.text
+    assert reusable(region.c, identifier=ident, code="hba1c")["hba1c"]["outcome"] == "no-result"

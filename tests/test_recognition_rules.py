@@ -214,3 +214,11 @@ def test_imaging_needs_a_final_report_and_the_right_body_site() -> None:
     assert judge(["ct-chest"], [head]) == [Outcome.NO_RESULT]
     late = row("24627-2", 40, res_type="DiagnosticReport", group=None)
     assert judge(["ct-chest"], [late]) == [Outcome.EXPIRED]
+
+
+def test_a_recent_critical_result_stops_the_search_and_future_results_are_ignored() -> None:
+    assert judge(["cbc"], cbc(1, flags="LL") + cbc(4)) == [Outcome.NEEDS_REVIEW]
+    # a critical value from a hospital outside the scope still matters
+    assert judge(["cbc"], cbc(1, "P", flags="HH") + cbc(4)) == [Outcome.NEEDS_REVIEW]
+    # results after the time of the check do not exist for it
+    assert judge(["cbc"], cbc(-2, flags="LL") + cbc(4)) == [Outcome.REUSABLE]

@@ -24,7 +24,12 @@ from hub.api.fhir import read_json
 from hub.api.recognition import open_link
 from hub.fhir.datetimes import DateFormatError, parse_range
 from hub.fhir.outcomes import FhirError, bad_request
-from hub.recognition.cards import DECLINE_REASONS_URL, explanation_card, reuse_card
+from hub.recognition.cards import (
+    DECLINE_REASONS_URL,
+    explanation_card,
+    identity_card,
+    reuse_card,
+)
 from hub.recognition.repository import RecognitionRepository
 from hub.recognition.rules import RequestedCode
 from hub.recognition.service import CheckQuery, ReminderContext
@@ -64,6 +69,7 @@ SERVICES: dict[str, dict[str, Any]] = {
     },
 }
 DEPARTMENT_EXTENSION = "org.yijian-hub.department"
+MAX_CODES = 100
 
 
 @router.get("")
@@ -121,24 +127,38 @@ def _orders(context: dict[str, Any], hook: str) -> list[RequestedCode]:
         raise bad_request("order-select needs context.selections (a list of Type/id)")
     wanted = set(selections) if hook == "order-select" and isinstance(selections, list) else None
     codes: list[RequestedCode] = []
-    for entry in bundle.get("entry") or []:
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise bad_request("context.draftOrders.entry must be a list")
+    for position, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
             continue
-        reference = f"ServiceRequest/{resource['id']}" if resource.get("id") else None
+        has_id = isinstance(resource.get("id"), str) and resource["id"]
+        reference = f"ServiceRequest/{resource['id']}" if has_id else None
         if wanted is not None and reference not in wanted:
             continue
         concept: dict[str, Any] = resource["code"] if isinstance(resource.get("code"), dict) else {}
-        for coding in concept.get("coding") or []:
-            if isinstance(coding, dict) and coding.get("code"):
-                codes.append(
-                    RequestedCode(
-                        coding.get("system"),
-                        str(coding["code"]),
-                        coding.get("display") or concept.get("text"),
-                        reference or f"draft-{len(codes)}",
-                    )
+        codings = concept.get("coding") or []
+        if not isinstance(codings, list):
+            raise bad_request(f"draftOrders entry {position}: code.coding must be a list")
+        for coding in codings:
+            if not isinstance(coding, dict) or not coding.get("code"):
+                continue
+            system = coding.get("system")
+            if system is not None and not isinstance(system, str):
+                raise bad_request(f"draftOrders entry {position}: coding.system must be a string")
+            display = coding.get("display") or concept.get("text")
+            codes.append(
+                RequestedCode(
+                    system,
+                    str(coding["code"]),
+                    display if isinstance(display, str) else None,
+                    reference or f"draft-{position}",
                 )
+            )
+    if len(codes) > MAX_CODES:
+        raise bad_request(f"at most {MAX_CODES} order codings per request")
     return codes
 
 
@@ -148,32 +168,49 @@ def _patient(
     """(hub patient ids, identifiers): the prefetched Patient's identifiers if given, else
     ``context.patientId`` as the hub's own id."""
     patient_id = context.get("patientId")
-    if not isinstance(patient_id, str) or not patient_id:
-        raise bad_request("context.patientId is required")
-    prefetched = (body.get("prefetch") or {}).get("patient")
+    if not isinstance(patient_id, str) or not patient_id or "\x00" in patient_id:
+        raise bad_request("context.patientId is required (a string)")
+    prefetch = _object(body.get("prefetch"))
+    prefetched = prefetch.get("patient")
     if isinstance(prefetched, dict) and prefetched.get("resourceType") == "Patient":
+        listed = prefetched.get("identifier")
         identifiers = [
-            (str(i["system"]), str(i["value"]))
-            for i in prefetched.get("identifier") or []
-            if isinstance(i, dict) and i.get("system") and i.get("value")
+            (i["system"], i["value"])
+            for i in (listed if isinstance(listed, list) else [])
+            if isinstance(i, dict)
+            and isinstance(i.get("system"), str)
+            and isinstance(i.get("value"), str)
+            and i["system"]
+            and i["value"]
+            and "\x00" not in i["system"] + i["value"]
         ]
         if identifiers:
             return [], identifiers
     return [patient_id], []
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _department(body: dict[str, Any]) -> str | None:
     extension = body.get("extension")
     if isinstance(extension, dict) and isinstance(extension.get(DEPARTMENT_EXTENSION), str):
         return str(extension[DEPARTMENT_EXTENSION])[:200]
-    user = (body.get("prefetch") or {}).get("user")
+    prefetch = _object(body.get("prefetch"))
+    user = prefetch.get("user")
     if isinstance(user, dict) and user.get("resourceType") == "PractitionerRole":
-        for specialty in user.get("specialty") or []:
+        specialties = user.get("specialty")
+        for specialty in specialties if isinstance(specialties, list) else []:
+            if not isinstance(specialty, dict):
+                continue
+            codings = specialty["coding"] if isinstance(specialty.get("coding"), list) else []
             text = specialty.get("text") or next(
-                (c.get("display") for c in specialty.get("coding") or [] if c.get("display")), None
+                (c.get("display") for c in codings if isinstance(c, dict) and c.get("display")),
+                None,
             )
-            if text:
-                return str(text)[:200]
+            if isinstance(text, str) and text:
+                return text[:200]
     return None
 
 
@@ -212,7 +249,12 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
         hub.database.connection() as connection,
     ):
         repo = RecognitionRepository(connection)
-        check = await hub.recognition.check(repo, query)
+        try:
+            check = await hub.recognition.check(repo, query)
+        except FhirError as error:
+            if error.status != 409:
+                raise
+            return JSONResponse({"cards": [identity_card(error.diagnostics)]})
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
         if not check.found:
             return JSONResponse({"cards": []})
@@ -255,9 +297,11 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
 
 @router.post("/{service_id}/feedback")
 async def feedback(service_id: str, request: Request) -> JSONResponse:
-    """CDS Hooks feedback: ``accepted`` records an acceptance, ``overridden`` a decline with
-    its ``overrideReason`` (a code of the decline-reason CodeSystem; "other" needs a
-    ``userComment``)."""
+    """CDS Hooks feedback. ``accepted`` records an acceptance; ``overridden`` with an
+    ``overrideReason`` from the decline-reason CodeSystem records a decline ("other" needs a
+    ``userComment``). Each item stands alone: feedback on a card that is not a reminder of
+    this organization (the explanation card), or an override without a usable reason (a card
+    dismissed), records nothing and is listed in ``skipped`` with why."""
     _service(service_id)
     principal = await caller(request, _service_url(request, service_id, feedback=True))
     policy.require_recognition(principal, "decide")
@@ -266,20 +310,27 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
     items = body.get("feedback")
     if not isinstance(items, list) or not items:
         raise bad_request("feedback must be a non-empty list")
-    decisions = [_decision(item, n) for n, item in enumerate(items)]
+    if len(items) > MAX_CODES:
+        raise bad_request(f"at most {MAX_CODES} feedback items per request")
     service = hub.recognition
-    for _, outcome, code, text, _ in decisions:
-        service.check_decision(outcome, code, text)  # all valid, or none recorded
+    recorded = 0
+    skipped: list[dict[str, str]] = []
     async with (
         audited(request, principal, f"cds:{service_id}:feedback", "U") as audit,
         hub.database.connection() as connection,
-        connection.transaction(),
     ):
         repo = RecognitionRepository(connection)
-        for card, outcome, code, text, at in decisions:
-            reminder = await service.reminder(repo, card, principal.organization)
+        for index, item in enumerate(items):
+            card = item.get("card") if isinstance(item, dict) else None
+            try:
+                card_id, outcome, code, text, at = _decision(item, index)
+                code, text = service.check_decision(outcome, code, text)
+                reminder = await service.reminder(repo, card_id, principal.organization)
+            except FhirError as error:
+                skipped.append({"card": str(card), "reason": error.diagnostics})
+                continue
             await repo.add_decision(
-                card,
+                card_id,
                 at=at,
                 source="cds-feedback",
                 outcome=outcome,
@@ -288,9 +339,10 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
                 decided_by=reminder.get("practitioner"),
                 client_id=principal.client_id,
             )
+            recorded += 1
             audit.patients.add(f"Patient/{reminder['patient_id']}")
             audit.entities.append(reminder["result_ref"])
-    return JSONResponse({})
+    return JSONResponse({"recorded": recorded, "skipped": skipped})
 
 
 def _decision(item: Any, index: int) -> tuple[uuid.UUID, str, str | None, str | None, datetime]:
@@ -300,7 +352,7 @@ def _decision(item: Any, index: int) -> tuple[uuid.UUID, str, str | None, str | 
     try:
         card = uuid.UUID(str(item.get("card")))
     except ValueError:
-        raise bad_request(f"{where}.card must be the uuid of a card") from None
+        raise bad_request(f"{where}.card is not the uuid of a reminder card") from None
     outcome = item.get("outcome")
     if outcome not in ("accepted", "overridden"):
         raise bad_request(f"{where}.outcome must be accepted or overridden")
@@ -318,11 +370,11 @@ def _decision(item: Any, index: int) -> tuple[uuid.UUID, str, str | None, str | 
     reason: dict[str, Any] = override["reason"] if isinstance(override.get("reason"), dict) else {}
     if reason and reason.get("system") not in (None, DECLINE_REASONS_URL):
         raise bad_request(f"{where}.overrideReason.reason must be from {DECLINE_REASONS_URL}")
-    comment = override.get("userComment")
+    code, comment = reason.get("code"), override.get("userComment")
     return (
         card,
         "declined",
-        reason.get("code"),
+        code if isinstance(code, str) else None,
         comment if isinstance(comment, str) else None,
         at,
     )

@@ -11,11 +11,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+import fhir_profiles
 from hub.api.dependencies import Caller, audited, authenticate, get_hub
 from hub.api.fhir import fhir_base, pretty, query_pairs, read_json, redacted_query
 from hub.api.responses import fhir_response
@@ -48,9 +49,16 @@ def ordering_organization(principal: Principal, requested: str | None) -> str:
     return requested.removeprefix("Organization/")
 
 
+def _text(value: Any, what: str) -> str:
+    """A parameter value as text: a string without NUL characters (400 otherwise)."""
+    if not isinstance(value, str) or "\x00" in value:
+        raise bad_request(f"{what} must be text (without NUL characters)")
+    return value
+
+
 def parse_code(text: str) -> RequestedCode:
     """``system|code``, ``|code`` or a bare catalogue item id."""
-    system, bar, code = text.partition("|")
+    system, bar, code = _text(text, "code").partition("|")
     if not bar:
         system, code = ITEM_SYSTEM, text
     if not code.strip():
@@ -59,15 +67,18 @@ def parse_code(text: str) -> RequestedCode:
 
 
 def parse_identifier(text: str) -> tuple[str, str]:
-    system, bar, value = text.partition("|")
+    system, bar, value = _text(text, "identifier").partition("|")
     if not bar or not system or not value:
         raise bad_request("identifier must be system|value")
     return system, value
 
 
-def _parameters_input(body: dict[str, Any]) -> list[tuple[str, Any]]:
+def _parameters_input(
+    body: dict[str, Any], extra: frozenset[str] = frozenset()
+) -> list[tuple[str, Any]]:
+    """The operation's input parameters; ``extra`` names further valueString parameters."""
     if body.get("resourceType") != "Parameters":
-        raise bad_request("POST $reusable-results takes a Parameters resource")
+        raise bad_request("this operation takes a Parameters resource")
     pairs: list[tuple[str, Any]] = []
     for parameter in body.get("parameter") or []:
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
@@ -76,8 +87,10 @@ def _parameters_input(body: dict[str, Any]) -> list[tuple[str, Any]]:
         if name == "code":
             if isinstance(parameter.get("valueCoding"), dict):
                 coding = parameter["valueCoding"]
+                system = coding.get("system")
                 code = RequestedCode(
-                    coding.get("system"), str(coding.get("code") or ""), coding.get("display")
+                    _text(system, "code valueCoding.system") if system is not None else None,
+                    _text(coding.get("code") or "", "code valueCoding.code"),
                 )
                 if not code.code:
                     raise bad_request("code valueCoding has no code")
@@ -93,25 +106,29 @@ def _parameters_input(body: dict[str, Any]) -> list[tuple[str, Any]]:
             pairs.append(
                 (
                     "identifier",
-                    (str(identifier.get("system") or ""), str(identifier.get("value") or "")),
+                    (
+                        _text(identifier.get("system") or "", "identifier system"),
+                        _text(identifier.get("value") or "", "identifier value"),
+                    ),
                 )
             )
         elif name in ("patient", "organization"):
-            reference = (parameter.get("valueReference") or {}).get("reference")
-            if not isinstance(reference, str):
-                raise bad_request(f"{name} must be a valueReference")
-            pairs.append((name, reference))
+            value = parameter.get("valueReference")
+            reference = value.get("reference") if isinstance(value, dict) else None
+            pairs.append((name, _text(reference, f"{name} valueReference.reference")))
         elif name == "date":
-            pairs.append(("date", parameter.get("valueDateTime") or parameter.get("valueDate")))
-        elif name == "record":
-            pairs.append(("record", parameter.get("valueBoolean") is True))
+            value = parameter.get("valueDateTime") or parameter.get("valueDate")
+            pairs.append(("date", _text(value, "date")))
+        elif name in extra:
+            pairs.append((name, _text(parameter.get("valueString"), f"{name} valueString")))
         else:
             raise bad_request(f"unknown parameter {name!r} for $reusable-results")
     return pairs
 
 
 async def reusable_results(request: Request) -> Response:
-    """``[base]/Patient/$reusable-results`` and ``[base]/Patient/[id]/$reusable-results``."""
+    """``[base]/Patient/$reusable-results`` and ``[base]/Patient/[id]/$reusable-results``:
+    a query (nothing is recorded)."""
     principal = await authenticate(request)
     policy.require_recognition(principal, "check")
     hub = get_hub(request)
@@ -121,20 +138,37 @@ async def reusable_results(request: Request) -> Response:
             pairs += [("code", parse_code(v)) for v in value.split(",") if v]
         elif key == "identifier":
             pairs.append(("identifier", parse_identifier(value)))
-        elif key == "record":
-            pairs.append(("record", value == "true"))
         elif key in ("patient", "organization", "date"):
-            pairs.append((key, value))
+            pairs.append((key, _text(value, key)))
         else:
             raise bad_request(f"unknown parameter {key!r} for $reusable-results")
     if request.method == "POST":
         pairs += _parameters_input(await read_json(request))
+    if "patient_id" in request.path_params:
+        pairs.append(("patient", _text(request.path_params["patient_id"], "the patient id")))
+    query = _check_query(hub, principal, pairs)
+    audit_query = redacted_query(
+        hub, [*query_pairs(request), *[("identifier", "…")] * len(query.identifiers)]
+    )
+    async with (
+        audited(request, principal, "operation:reusable-results", "E", audit_query) as audit,
+        hub.database.connection() as connection,
+    ):
+        check = await hub.recognition.check(RecognitionRepository(connection), query)
+        audit.patients |= {f"Patient/{p}" for p in check.person.patients}
+        if not check.found:
+            raise FhirError(404, "not-found", "no patient with that id or identifier")
+        audit.entities += [
+            v.result.primary.reference for v in check.verdicts if v.reusable and v.result
+        ]
+    return fhir_response(check_parameters(check, fhir_base(request)), pretty=pretty(request))
+
+
+def _check_query(hub: Any, principal: Principal, pairs: list[tuple[str, Any]]) -> CheckQuery:
     values: dict[str, list[Any]] = {}
     for key, value in pairs:
         values.setdefault(key, []).append(value)
     patients = [p.removeprefix("Patient/") for p in values.get("patient", [])]
-    if "patient_id" in request.path_params:
-        patients.append(request.path_params["patient_id"])
     identifiers = [i for i in values.get("identifier", []) if i[0] and i[1]]
     codes = values.get("code", [])
     if not patients and not identifiers:
@@ -143,38 +177,15 @@ async def reusable_results(request: Request) -> Response:
         raise bad_request("give at least one code (what is about to be ordered)")
     if len(codes) > MAX_CODES:
         raise bad_request(f"at most {MAX_CODES} codes per check")
-    record = any(values.get("record", []))
-    if record and request.method != "POST":
-        raise bad_request("record=true changes state: use POST")
     organizations = values.get("organization", [])
     at = _instant(values["date"][0], hub.recognition.zone) if values.get("date") else None
-    query = CheckQuery(
+    return CheckQuery(
         codes=codes,
         organization=ordering_organization(principal, organizations[0] if organizations else None),
         patient_ids=patients,
         identifiers=identifiers,
         at=at,
     )
-    audit_query = redacted_query(
-        hub, [(k, v) for k, v in query_pairs(request)] + [("identifier", "…")] * len(identifiers)
-    )
-    async with (
-        audited(request, principal, "operation:reusable-results", "E", audit_query) as audit,
-        hub.database.connection() as connection,
-    ):
-        repo = RecognitionRepository(connection)
-        check = await hub.recognition.check(repo, query)
-        audit.patients |= {f"Patient/{p}" for p in check.person.patients}
-        if not check.found:
-            raise FhirError(404, "not-found", "no patient with that id or identifier")
-        if record:
-            await hub.recognition.record(
-                repo, check, ReminderContext("api", client_id=principal.client_id)
-            )
-        audit.entities += [
-            v.result.primary.reference for v in check.verdicts if v.reusable and v.result
-        ]
-    return fhir_response(check_parameters(check, fhir_base(request)), pretty=pretty(request))
 
 
 def _instant(text: str, zone: Any) -> datetime:
@@ -242,7 +253,18 @@ def _item_parts(verdict: Verdict, reminder: uuid.UUID | None) -> list[dict[str, 
     return parts
 
 
+async def operation_definition(request: Request) -> Response:
+    """The hub's OperationDefinitions (``fhir_profiles/operations``), as the
+    CapabilityStatement names them."""
+    wanted = request.path_params["definition_id"]
+    for definition in fhir_profiles.operation_definitions():
+        if definition.get("id") == wanted:
+            return fhir_response(definition, pretty=pretty(request))
+    raise FhirError(404, "not-found", f"OperationDefinition/{wanted} is not known")
+
+
 routes = [
+    Route(PREFIX + "/OperationDefinition/{definition_id}", operation_definition, methods=["GET"]),
     Route(PREFIX + "/Patient/$reusable-results", reusable_results, methods=["GET", "POST"]),
     Route(
         PREFIX + "/Patient/{patient_id}/$reusable-results",
@@ -351,14 +373,35 @@ def open_link(hub: Any, base: str, reminder_id: uuid.UUID) -> str:
     return f"{base}/recognition/open/{token}"
 
 
+_OPENING_PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>正在打开结果 Opening the result</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body onload="document.forms[0].submit()">
+<form method="post"><p>正在打开互认结果… Opening the result…</p>
+<noscript><button type="submit">打开 Open</button></noscript></form></body></html>
+"""
+
+
+def _link_reminder(hub: Any, token: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(hub.tokens.verify_link(token, LINK_PURPOSE))
+    except (InvalidToken, ValueError) as error:
+        raise FhirError(401, "login", str(error)) from None
+
+
 @router.get("/recognition/open/{token}", include_in_schema=False)
+async def open_page(token: str, request: Request) -> Response:
+    """The card's link: a page that opens the result with a POST, so that link previewers
+    and scanners (which only GET) do not count as the doctor viewing it."""
+    _link_reminder(get_hub(request), token)
+    return HTMLResponse(_OPENING_PAGE, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/recognition/open/{token}", include_in_schema=False)
 async def open_result(token: str, request: Request) -> Response:
     """Count the view, then send the browser to the workstation on exactly that result."""
     hub = get_hub(request)
-    try:
-        reminder_id = uuid.UUID(hub.tokens.verify_link(token, LINK_PURPOSE))
-    except (InvalidToken, ValueError) as error:
-        raise FhirError(401, "login", str(error)) from None
+    reminder_id = _link_reminder(hub, token)
     async with (
         audited(request, None, "recognition:open", "R") as audit,
         hub.database.connection() as connection,
@@ -426,6 +469,42 @@ async def statistics(
     return JSONResponse({"group": list(query.group_by), "period": query.period, "rows": rows})
 
 
+@router.post("/recognition/checks")
+async def recorded_check(request: Request, principal: Caller) -> Response:
+    """The reuse check as the workstation runs it: the ``$reusable-results`` Parameters in
+    (plus ``department`` and ``practitioner`` valueStrings), the same Parameters out, and a
+    reminder recorded for each reusable result (its id in the item's ``reminder`` part)."""
+    policy.require_recognition(principal, "check")
+    hub = get_hub(request)
+    pairs = _parameters_input(await read_json(request), frozenset({"department", "practitioner"}))
+    extra = {k: v for k, v in pairs if k in ("department", "practitioner")}
+    query = _check_query(hub, principal, [(k, v) for k, v in pairs if k not in extra])
+    async with (
+        audited(request, principal, "recognition:check", "E") as audit,
+        hub.database.connection() as connection,
+        connection.transaction(),
+    ):
+        repo = RecognitionRepository(connection)
+        check = await hub.recognition.check(repo, query)
+        audit.patients |= {f"Patient/{p}" for p in check.person.patients}
+        if not check.found:
+            raise FhirError(404, "not-found", "no patient with that id or identifier")
+        await hub.recognition.record(
+            repo,
+            check,
+            ReminderContext(
+                "api",
+                client_id=principal.client_id,
+                practitioner=(extra.get("practitioner") or principal.name)[:200],
+                department=(extra.get("department") or "")[:200] or None,
+            ),
+        )
+        audit.entities += [
+            v.result.primary.reference for v in check.verdicts if v.reusable and v.result
+        ]
+    return fhir_response(check_parameters(check, fhir_base(request)))
+
+
 # -- the catalogue (admins) ----------------------------------------------------------------------
 
 
@@ -460,7 +539,9 @@ async def catalogue_versions(request: Request, principal: Caller) -> JSONRespons
 
 
 @router.get("/admin/catalogue/versions/{version}")
-async def catalogue_version(version: int, request: Request, principal: Caller) -> JSONResponse:
+async def catalogue_version(
+    request: Request, principal: Caller, version: int = Path(ge=1, le=2**31 - 1)
+) -> JSONResponse:
     _require_catalogue(principal)
     hub = get_hub(request)
     async with hub.database.connection() as connection:

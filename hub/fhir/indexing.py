@@ -14,6 +14,7 @@ from typing import Any
 
 from hub.fhir.datetimes import DateFormatError, parse_range
 from hub.fhir.paths import element_roots
+from hub.fhir.references import split_reference
 from hub.fhir.results import RESULT_TYPES, ResultFact, result_facts
 from hub.fhir.searchparams import SearchParam, SearchParamRegistry
 
@@ -69,7 +70,7 @@ class Indexer:
             for value, fhir_type in param.path.evaluate(resource):
                 self._add(rows, param, value, fhir_type)
         if resource["resourceType"] in RESULT_TYPES:
-            rows.result = result_facts(resource, self.zone)
+            rows.result = result_facts(resource, self.zone, self.base_url)
         return rows
 
     def _add(self, rows: IndexRows, param: SearchParam, value: Any, fhir_type: str | None) -> None:
@@ -111,20 +112,6 @@ class Indexer:
         if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
             return None
         return split_reference(value["reference"], self.base_url)
-
-
-def split_reference(
-    reference: str, base_url: str = ""
-) -> tuple[str | None, str | None, str | None]:
-    """A literal reference as ``(type, id, None)`` when local, else ``(None, None, url)``."""
-    if base_url and reference.startswith(base_url + "/"):
-        reference = reference[len(base_url) + 1 :]
-    parts = reference.split("/")
-    if len(parts) == 4 and parts[2] == "_history":
-        parts = parts[:2]
-    if len(parts) == 2 and parts[0][:1].isupper() and "://" not in reference:
-        return parts[0], parts[1], None
-    return None, None, reference
 
 
 def tokens(value: Any) -> list[tuple[str | None, str | None, str | None]]:

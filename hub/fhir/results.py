@@ -14,6 +14,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from hub.fhir.datetimes import DateFormatError, parse_range
+from hub.fhir.references import split_reference
 
 RESULT_TYPES = frozenset({"Observation", "DiagnosticReport", "ImagingStudy"})
 DICOM_MODALITY = "http://dicom.nema.org/resources/ontology/DCM"
@@ -39,11 +40,21 @@ class ResultFact:
     flags: str
 
 
-def result_facts(resource: dict[str, Any], zone: tzinfo) -> list[ResultFact]:
-    """The facts of one resource version (empty for other types or without a local patient)."""
+def result_facts(resource: dict[str, Any], zone: tzinfo, base_url: str = "") -> list[ResultFact]:
+    """The facts of one resource version (empty for other types or without a local patient).
+
+    ``base_url`` is the hub's FHIR base: absolute references to it are local, others are not.
+    """
     kind = resource.get("resourceType")
     if kind not in RESULT_TYPES:
         return []
+
+    def _local_id(reference: Any, resource_type: str) -> str | None:
+        if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+            return None
+        target_type, target_id, _ = split_reference(reference["reference"], base_url)
+        return target_id if target_type == resource_type and target_id else None
+
     patient = _local_id(resource.get("subject"), "Patient")
     if patient is None:
         return []
@@ -64,7 +75,7 @@ def result_facts(resource: dict[str, Any], zone: tzinfo) -> list[ResultFact]:
         codes.extend(_modality_sites(resource))
         flags = ""
     else:
-        group = _group(resource)
+        group = _group(resource, base_url)
         codes.extend((s, c, None) for s, c in _codings(resource.get("code")))
         flags = " ".join(
             code for system, code in _codings(resource.get("interpretation")) if system
@@ -73,20 +84,6 @@ def result_facts(resource: dict[str, Any], zone: tzinfo) -> list[ResultFact]:
         ResultFact(patient, system, code, site, effective, status, performer, group, flags)
         for system, code, site in dict.fromkeys(codes)
     ]
-
-
-def _local_id(reference: Any, resource_type: str) -> str | None:
-    if not isinstance(reference, dict):
-        return None
-    text = reference.get("reference")
-    if not isinstance(text, str):
-        return None
-    parts = text.split("/")
-    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
-        return parts[-1]
-    if len(parts) >= 4 and parts[-2] == "_history" and parts[-4] == resource_type:
-        return parts[-3]
-    return None
 
 
 def _codings(value: Any) -> list[tuple[str, str]]:
@@ -119,12 +116,13 @@ def _effective(resource: dict[str, Any], zone: tzinfo) -> datetime | None:
     return None
 
 
-def _group(resource: dict[str, Any]) -> str | None:
+def _group(resource: dict[str, Any], base_url: str) -> str | None:
     """An imaging report groups with its study; lab results with their order."""
     for element in ("imagingStudy", "basedOn"):
         for ref in resource.get(element) or []:
             if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-                return str(ref["reference"])
+                target_type, target_id, url = split_reference(ref["reference"], base_url)
+                return f"{target_type}/{target_id}" if target_type else url
     return None
 
 

@@ -6,6 +6,7 @@ each card's ``extension`` (``summaryEn``/``detailEn``) for clients that show Eng
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
@@ -262,6 +263,17 @@ def explanation_card(
                 (v.item.id if v.item else v.requested.code): str(v.outcome) for v in shown
             },
         },
+    }
+
+
+def identity_card(problem: str) -> dict[str, Any]:
+    """A warning instead of reuse cards: the patient's identifiers name different people."""
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": "患者身份不唯一，未进行互认检查 (identifiers match different patients)",
+        "detail": problem,
+        "indicator": "warning",
+        "source": {"label": SOURCE_LABEL},
     }
 
 

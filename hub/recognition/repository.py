@@ -15,35 +15,45 @@ import orjson
 from hub.recognition.rules import Candidate
 
 # Newest rows per requested code for the person, plus (when imaging is asked) the person's
-# imaging reports, which name their study rather than a code the doctor ordered.
+# imaging reports, which name their study rather than a code the doctor ordered, plus the
+# Observations that the lab reports found list in ``result`` (a panel pushed without
+# ``basedOn``): they share the report's group, so their flags and statuses count. The
+# performer is the organization the hub verified as the writer (``owner_org``), not whatever
+# the resource names.
 _CANDIDATES = """
-SELECT x.pk, x.res_type, r.res_id, r.version_id, x.system, x.code, x.site, x.effective,
-       x.status, COALESCE(x.performer, r.owner_org) AS performer, x.group_key, x.flags
-FROM unnest($2::text[]) AS c(code)
-CROSS JOIN LATERAL (
-    SELECT * FROM idx_result i WHERE i.patient_id = ANY($1::text[]) AND i.code = c.code
-    ORDER BY i.effective DESC NULLS LAST LIMIT $4) AS x
-JOIN resource r ON r.pk = x.pk
+WITH found AS (
+    SELECT x.pk, x.res_type, r.res_id, r.version_id, x.system, x.code, x.site, x.effective,
+           x.status, COALESCE(r.owner_org, x.performer) AS performer, x.group_key, x.flags
+    FROM unnest($2::text[]) AS c(code)
+    CROSS JOIN LATERAL (
+        SELECT * FROM idx_result i WHERE i.patient_id = ANY($1::text[]) AND i.code = c.code
+        ORDER BY i.effective DESC NULLS LAST LIMIT $4) AS x
+    JOIN resource r ON r.pk = x.pk
+    UNION ALL
+    SELECT x.pk, x.res_type, r.res_id, r.version_id, x.system, x.code, x.site, x.effective,
+           x.status, COALESCE(r.owner_org, x.performer), x.group_key, x.flags
+    FROM idx_result x JOIN resource r ON r.pk = x.pk
+    WHERE $3 AND x.patient_id = ANY($1::text[]) AND x.res_type = 'DiagnosticReport'
+      AND x.group_key LIKE 'ImagingStudy/%'
+)
+SELECT * FROM found
 UNION ALL
-SELECT x.pk, x.res_type, r.res_id, r.version_id, x.system, x.code, x.site, x.effective,
-       x.status, COALESCE(x.performer, r.owner_org), x.group_key, x.flags
-FROM idx_result x JOIN resource r ON r.pk = x.pk
-WHERE $3 AND x.patient_id = ANY($1::text[]) AND x.res_type = 'DiagnosticReport'
-  AND x.group_key LIKE 'ImagingStudy/%'
+SELECT x.pk, x.res_type, o.res_id, o.version_id, x.system, x.code, x.site, x.effective,
+       x.status, COALESCE(o.owner_org, x.performer),
+       COALESCE(f.group_key, 'DiagnosticReport/' || f.res_id), x.flags
+FROM (SELECT DISTINCT pk, res_id, group_key FROM found
+      WHERE res_type = 'DiagnosticReport'
+        AND (group_key IS NULL OR group_key NOT LIKE 'ImagingStudy/%')) AS f
+JOIN resource d ON d.pk = f.pk
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(d.content::jsonb -> 'result') = 'array'
+         THEN d.content::jsonb -> 'result' ELSE '[]'::jsonb END) AS e(ref)
+JOIN resource o ON o.res_type = 'Observation' AND NOT o.deleted
+    AND o.res_id = substring(e.ref ->> 'reference' FROM '^Observation/([^/]+)')
+JOIN idx_result x ON x.pk = o.pk AND x.patient_id = ANY($1::text[])
 """
 
-# Results by pk, plus the Observations their reports list (a report's values for a card).
-_CONTENTS = """
-WITH chosen AS (SELECT res_type, res_id, content FROM resource WHERE pk = ANY($1::bigint[]))
-SELECT res_type, res_id, content FROM chosen
-UNION
-SELECT r.res_type, r.res_id, r.content
-FROM chosen c
-CROSS JOIN LATERAL jsonb_array_elements(
-    CASE WHEN c.res_type = 'DiagnosticReport' THEN c.content::jsonb -> 'result' END) AS e(ref)
-JOIN resource r ON r.res_type = 'Observation'
-    AND r.res_id = split_part(e.ref ->> 'reference', '/', 2) AND NOT r.deleted
-"""
+_CONTENTS = "SELECT res_type, res_id, content FROM resource WHERE pk = ANY($1::bigint[])"
 
 # The person (every record linked to the given ones) plus what tells caches they are stale.
 _PERSON = """
@@ -59,8 +69,8 @@ SELECT ARRAY(SELECT id FROM person) AS patients,
        ARRAY(SELECT m.master_id FROM patient_master m JOIN person p ON p.id = m.master_id
              WHERE m.status = 'active') AS masters,
        (SELECT COALESCE(max(version), 0) FROM recognition_catalogue) AS catalogue_version,
-       (SELECT count(*) FROM resource WHERE res_type = 'Organization' AND NOT deleted) AS orgs,
-       (SELECT max(last_updated) FROM resource WHERE res_type = 'Organization') AS orgs_changed
+       (SELECT ARRAY[count(*), COALESCE(sum(version_id), 0), COALESCE(max(pk), 0)]
+        FROM resource WHERE res_type = 'Organization' AND NOT deleted) AS orgs
 """
 
 
@@ -114,11 +124,15 @@ class RecognitionRepository:
             )
         return (row["version"], _json(row["document"])) if row else None
 
+    async def lock_catalogue(self) -> None:
+        """Serialise catalogue editors until the transaction ends (read, change, save)."""
+        await self.connection.execute("SELECT pg_advisory_xact_lock(hashtext('catalogue'))")
+
     async def save_catalogue(
         self, document: dict[str, Any], created_by: str, note: str | None
     ) -> int:
-        """Store a new version (serialised: concurrent editors get consecutive versions)."""
-        await self.connection.execute("SELECT pg_advisory_xact_lock(hashtext('catalogue'))")
+        """Store a new version (in the editor's transaction, after ``lock_catalogue``)."""
+        await self.lock_catalogue()
         return int(
             await self.connection.fetchval(
                 "INSERT INTO recognition_catalogue (version, document, created_by, note) "
@@ -153,7 +167,7 @@ class RecognitionRepository:
             list(row["patients"]),
             list(row["masters"]),
             row["catalogue_version"],
-            (row["orgs"], row["orgs_changed"]),
+            tuple(row["orgs"]),
         )
 
     async def organizations(self) -> list[tuple[str, str]]:
@@ -169,8 +183,8 @@ class RecognitionRepository:
         seen: dict[tuple[int, str, str], Candidate] = {}
         for r in rows:
             key = (r["pk"], r["system"], r["code"])
-            if key in seen:
-                continue
+            if key in seen and (seen[key].group is not None or r["group_key"] is None):
+                continue  # the same row twice: keep the one that knows its group
             seen[key] = Candidate(
                 r["res_type"],
                 r["res_id"],
@@ -181,14 +195,19 @@ class RecognitionRepository:
                 r["effective"],
                 r["status"],
                 r["performer"],
-                r["group_key"],
+                r["group_key"]
+                or (
+                    f"DiagnosticReport/{r['res_id']}"
+                    if r["res_type"] == "DiagnosticReport"
+                    else None
+                ),
                 frozenset(r["flags"].split()),
                 pk=r["pk"],
             )
         return list(seen.values())
 
     async def contents(self, pks: Sequence[int]) -> dict[str, dict[str, Any]]:
-        """Current JSON of results by ``Type/id``, with the results a report lists."""
+        """Current JSON of results by ``Type/id``."""
         if not pks:
             return {}
         rows = await self.connection.fetch(_CONTENTS, list(pks))
@@ -196,19 +215,30 @@ class RecognitionRepository:
 
     # -- reminders and decisions --------------------------------------------------------------
 
-    async def add_reminders(self, reminders: Sequence[Reminder], at: datetime) -> None:
+    async def add_reminders(self, reminders: Sequence[Reminder], at: datetime) -> list[uuid.UUID]:
+        """Insert reminders; one already shown for the same draft order, item and result is
+        shown again (its id is returned in place of the new one)."""
         if not reminders:
-            return
+            return []
         columns = [f.name for f in fields(Reminder)]
         values = [[getattr(r, c) for r in reminders] for c in columns]
-        await self.connection.execute(
+        rows = await self.connection.fetch(
             f"INSERT INTO recognition_reminder (shown_at, {', '.join(columns)}) "
             "SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],"
             " $7::text[], $8::text[], $9::numeric[], $10::text[], $11::text[], $12::text[],"
-            " $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])",
+            " $13::text[], $14::text[], $15::text[], $16::text[], $17::text[]) "
+            "ON CONFLICT (organization, patient_id, order_ref, item_id, result_ref)"
+            " WHERE order_ref IS NOT NULL DO UPDATE SET hook = excluded.hook,"
+            " hook_instance = excluded.hook_instance "
+            "RETURNING id, order_ref, item_id, result_ref",
             at,
             *values,
         )
+        by_key = {(r["order_ref"], r["item_id"], r["result_ref"]): r["id"] for r in rows}
+        return [
+            by_key.get((r.order_ref, r.item_id, r.result_ref), r.id) if r.order_ref else r.id
+            for r in reminders
+        ]
 
     async def reminder(self, reminder_id: uuid.UUID) -> dict[str, Any] | None:
         row = await self.connection.fetchrow(

@@ -3,17 +3,18 @@
 Pure functions over data: the catalogue, the candidate results (rows of ``idx_result``), the
 institutions (region, medical community, quality-control passes) and the time of ordering.
 A result qualifies when it is final, within the item's validity window for the ordering
-institution's region, performed by an institution within the item's recognition scope that
-held a quality-control pass covering the time of the test, and not flagged in a way the item
-says needs a new test. The newest qualifying result wins; when none qualifies, the newest
-result's failure is the reason given.
+institution's region, not flagged in a way the item says needs a new test, and performed by
+an institution within the item's recognition scope that held a quality-control pass covering
+the time of the test. The newest qualifying result wins — unless a newer result within the
+window is flagged for review (a critical value): then nothing older is suggested. When none
+qualifies, the newest result's failure is the reason given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from hub.recognition.catalogue import (
@@ -150,11 +151,12 @@ class Verdict:
 
 @dataclass
 class Situation:
-    """Where and when the order is placed."""
+    """Where and when the order is placed (``zone``: how dates are shown)."""
 
     at: datetime
     ordering: Institution
     institutions: Mapping[str, Institution] = field(default_factory=dict)
+    zone: tzinfo = UTC
 
 
 def evaluate(
@@ -283,8 +285,11 @@ def _judge(
     )
     first: Verdict | None = None
     for result in sets:
+        if result.effective is not None and result.effective > situation.at:
+            continue  # produced after the time the check is for
         verdict = _judge_one(catalogue, template, result, situation)
-        if verdict.reusable:
+        if verdict.reusable or verdict.outcome is Outcome.NEEDS_REVIEW:
+            # a recent result flagged for review stands: an older normal one is out of date
             return verdict
         first = first or verdict
     return first or template
@@ -300,7 +305,7 @@ def _judge_one(
     effective = result.effective
     valid_until = effective + timedelta(days=days) if effective else None
     place = performer.name if performer else "未知机构 unknown institution"
-    when = f"{place} {effective.astimezone(situation.at.tzinfo).date()}" if effective else place
+    when = f"{place} {effective.astimezone(situation.zone).date()}" if effective else place
 
     def verdict(outcome: Outcome, reason: str) -> Verdict:
         return replace(
@@ -320,6 +325,14 @@ def _judge_one(
         return verdict(
             Outcome.EXPIRED, f"已超过{days}天有效期（{when}） / older than the {days}-day window"
         )
+    flags = result.flags
+    if ("critical" in item.not_suggested_when and flags & CRITICAL_FLAGS) or (
+        "abnormal" in item.not_suggested_when and flags & ABNORMAL_FLAGS
+    ):
+        return verdict(
+            Outcome.NEEDS_REVIEW,
+            f"结果异常或危急值，建议复查（{when}） / abnormal or critical: re-test advised",
+        )
     if performer is None or not situation.ordering.within(item.scope, performer):
         return verdict(
             Outcome.OUT_OF_SCOPE,
@@ -331,14 +344,6 @@ def _judge_one(
         return verdict(
             Outcome.QC_NOT_VALID,
             f"{place}检测时无有效质控合格证明 / no valid quality-control pass at the time",
-        )
-    flags = result.flags
-    if ("critical" in item.not_suggested_when and flags & CRITICAL_FLAGS) or (
-        "abnormal" in item.not_suggested_when and flags & ABNORMAL_FLAGS
-    ):
-        return verdict(
-            Outcome.NEEDS_REVIEW,
-            f"结果异常或危急值，建议复查（{when}） / abnormal or critical: re-test advised",
         )
     return verdict(
         Outcome.REUSABLE, f"{days}天内可互认结果（{when}） / reusable, within {days} days"

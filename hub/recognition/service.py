@@ -109,35 +109,43 @@ class RecognitionService:
     async def save_catalogue(
         self, repo: RecognitionRepository, raw: dict[str, Any], actor: str, note: str | None
     ) -> Catalogue:
-        """Validate and store a new catalogue version (a 422 names what is wrong)."""
+        """Validate and store a new catalogue version (a 422 names what is wrong). Runs in the
+        caller's transaction; every process picks the new version up on its next check."""
         document = parse_catalogue(raw)
         number = await repo.save_catalogue(
             document.model_dump(mode="json", exclude_none=True), actor, note
         )
-        self._catalogue = Catalogue(document, number)
-        return self._catalogue
+        return Catalogue(document, number)
+
+    async def _locked_current(self, repo: RecognitionRepository) -> Catalogue:
+        """The catalogue in force, read after taking the editors' lock (no lost updates)."""
+        await repo.lock_catalogue()
+        stored = await repo.catalogue()
+        number, raw = stored or (0, fhir_profiles.recognition_catalogue())
+        return Catalogue(parse_catalogue(raw), number)
 
     async def put_item(
         self, repo: RecognitionRepository, raw: dict[str, Any], actor: str, note: str | None
     ) -> Catalogue:
         """Add or replace one item: a new catalogue version."""
-        current = await self.catalogue(repo)
         try:
             item = CatalogueItem.model_validate(raw)
         except ValidationError as error:
             raise FhirError(422, "invalid", _validation_message(error)) from None
-        items = [i for i in current.document.items if i.id != item.id]
-        position = next(
-            (n for n, i in enumerate(current.document.items) if i.id == item.id), len(items)
-        )
-        items.insert(position, item)
+        current = await self._locked_current(repo)
+        items = list(current.document.items)
+        position = next((n for n, i in enumerate(items) if i.id == item.id), None)
+        if position is None:
+            items.append(item)
+        else:
+            items[position] = item
         document = current.document.model_copy(update={"items": tuple(items), "status": "active"})
         return await self.save_catalogue(repo, document.model_dump(mode="json"), actor, note)
 
     async def remove_item(
         self, repo: RecognitionRepository, item_id: str, actor: str, note: str | None
     ) -> Catalogue:
-        current = await self.catalogue(repo)
+        current = await self._locked_current(repo)
         if item_id not in current.items:
             raise FhirError(404, "not-found", f"catalogue item {item_id} does not exist")
         items = tuple(i for i in current.document.items if i.id != item_id)
@@ -151,6 +159,14 @@ class RecognitionService:
         at = query.at or datetime.now(UTC)
         tokens = [self.identity.index_token(s, v)[::2] for s, v in query.identifiers]
         person = await repo.person(query.patient_ids, tokens)
+        if len(person.masters) > 1:
+            raise FhirError(
+                409,
+                "conflict",
+                "the patient ids and identifiers given belong to different people in the hub"
+                f" ({len(person.masters)} master records); check them, or resolve the identity"
+                " review first",
+            )
         catalogue = await self.catalogue(repo, person.catalogue_version)
         institutions = self.institutions.current(person.organizations_stamp)
         if institutions is None:
@@ -168,7 +184,7 @@ class RecognitionService:
         codes = sorted({token.partition("|")[2] for token in catalogue.result_codes(wanted)})
         imaging = any(r.item.category == "imaging" for r in wanted)
         candidates = await repo.candidates(person.patients, codes, imaging) if codes else []
-        situation = Situation(at, ordering, institutions)
+        situation = Situation(at, ordering, institutions, self.zone)
         check.verdicts = evaluate(catalogue, requests, candidates, situation)
         pks = [m.pk for v in check.verdicts if v.reusable and v.result for m in v.result.members]
         check.contents = await repo.contents(pks)
@@ -208,33 +224,43 @@ class RecognitionService:
     async def record(
         self, repo: RecognitionRepository, check: Check, context: ReminderContext
     ) -> list[Reminder]:
-        """Record a reminder for each reusable verdict (statistics count from these)."""
+        """Record a reminder for each reusable verdict (statistics count from these). A
+        reminder already shown for the same draft order, item and result is shown again."""
         patient = check.patient or ""
-        reminders = []
+        reminders: list[Reminder] = []
+        indexes: list[int] = []
+        seen: set[tuple[str, str, str]] = set()
         for index, verdict in enumerate(check.verdicts):
             if not verdict.reusable or verdict.result is None or verdict.item is None:
                 continue
-            reminder = Reminder(
-                id=uuid.uuid4(),
-                source=context.source,
-                organization=check.ordering.id,
-                patient_id=patient,
-                item_id=verdict.item.id,
-                result_ref=verdict.result.primary.reference,
-                label=verdict.label or "",
-                price_cny=verdict.item.price_cny,
-                result_org=verdict.result.performer,
-                order_ref=_draft_order(verdict.requested),
-                requested=verdict.requested.token,
-                hook=context.hook,
-                hook_instance=context.hook_instance,
-                client_id=context.client_id,
-                department=context.department,
-                practitioner=context.practitioner,
+            order = _draft_order(verdict.requested)
+            key = (order or "", verdict.item.id, verdict.result.primary.reference)
+            if order and key in seen:
+                continue  # the same order twice in one request
+            seen.add(key)
+            reminders.append(
+                Reminder(
+                    id=uuid.uuid4(),
+                    source=context.source,
+                    organization=check.ordering.id,
+                    patient_id=patient,
+                    item_id=verdict.item.id,
+                    result_ref=verdict.result.primary.reference,
+                    label=verdict.label or "",
+                    price_cny=verdict.item.price_cny,
+                    result_org=verdict.result.performer,
+                    order_ref=order,
+                    requested=verdict.requested.token,
+                    hook=context.hook,
+                    hook_instance=context.hook_instance,
+                    client_id=context.client_id,
+                    department=context.department,
+                    practitioner=context.practitioner,
+                )
             )
-            check.reminders[index] = reminder.id
-            reminders.append(reminder)
-        await repo.add_reminders(reminders, check.at)
+            indexes.append(index)
+        ids = await repo.add_reminders(reminders, check.at)
+        check.reminders.update(zip(indexes, ids, strict=True))
         return reminders
 
     # -- decisions ----------------------------------------------------------------------------
@@ -246,7 +272,11 @@ class RecognitionService:
         CodeSystem, and "other" needs text. Returns (code, text)."""
         if outcome not in ("accepted", "declined"):
             raise bad_request("outcome must be 'accepted' or 'declined'")
-        text = (reason_text or "").strip() or None
+        if reason_code is not None and not isinstance(reason_code, str):
+            raise bad_request("the decline reason must be a code (a string)")
+        if reason_text is not None and not isinstance(reason_text, str):
+            raise bad_request("the reason text must be a string")
+        text = (reason_text or "").strip()[:2000] or None
         if outcome == "accepted":
             return None, text
         if not reason_code:

@@ -122,6 +122,15 @@ async def recognition_statistics(
     return out
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell; text that a spreadsheet would run as a formula is quoted with '."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def as_csv(
     rows: list[dict[str, Any]], group_by: Sequence[str], period: bool, reasons: Sequence[str]
 ) -> str:
@@ -135,5 +144,5 @@ def as_csv(
         flat = dict(row)
         for code in reasons:
             flat[f"declined_{code}"] = row["declined_by_reason"].get(code, 0)
-        writer.writerow(["" if flat.get(c) is None else flat[c] for c in columns])
+        writer.writerow([_cell(flat.get(c)) for c in columns])
     return "\ufeff" + buffer.getvalue()

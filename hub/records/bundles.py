@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from hub.fhir.datetimes import instant
-from hub.fhir.indexing import split_reference
 from hub.fhir.outcomes import FhirError, bad_request
+from hub.fhir.references import split_reference
 from hub.records.rendering import bundle, search_bundle
 from hub.records.unit_of_work import UnitOfWork, WorkRecorder, unit_of_work
 from hub.storage.resources import StoredResource, WriteContext

@@ -18,9 +18,10 @@ import orjson
 import fhir_profiles
 from hub.fhir import validation
 from hub.fhir.datetimes import DateFormatError, instant, parse_range
-from hub.fhir.indexing import Indexer, split_reference
+from hub.fhir.indexing import Indexer
 from hub.fhir.outcomes import FhirError, bad_request, forbidden, gone, not_found
 from hub.fhir.paths import CompiledPath, compile_expression
+from hub.fhir.references import split_reference
 from hub.fhir.search import Cursor, SearchParser, SearchRequest, TokenValue
 from hub.fhir.searchparams import RESOURCE_TYPES, SearchParamRegistry
 from hub.identity.protection import IdentifierProtection

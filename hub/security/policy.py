@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hub.fhir.indexing import split_reference
 from hub.fhir.outcomes import FhirError, forbidden
 from hub.fhir.paths import CompiledPath, compile_expression
+from hub.fhir.references import split_reference
 from hub.security import scopes
 from hub.security.principals import ClientKind, Principal
 from hub.storage.search_sql import AccessFilter

@@ -73,7 +73,11 @@ class TokenService:
         """The subject of a ``sign_link`` token; InvalidToken if forged, expired or for
         another purpose."""
         try:
-            public_key = self.keyring.public_key(str(jwt.get_unverified_header(token).get("kid")))
+            kid = str(jwt.get_unverified_header(token).get("kid"))
+            public_key = self.keyring.public_key(kid)
+            if public_key is None and self._may_reload():
+                self.keyring.reload()  # signed with a key rotated in elsewhere
+                public_key = self.keyring.public_key(kid)
             if public_key is None:
                 raise InvalidToken("the link was not signed by this hub")
             claims = jwt.decode(

@@ -8,6 +8,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+import json
+import os
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -16,7 +18,6 @@ from alembic import op
 
 import fhir_profiles
 from hub.fhir.results import RESULT_TYPES, result_facts
-from hub.recognition.catalogue import CatalogueDocument
 from hub.storage.migrate import execute_script
 
 revision = "0004"
@@ -41,7 +42,7 @@ CREATE TABLE idx_result (
     group_key   text,
     flags       text        NOT NULL DEFAULT ''
 );
-CREATE INDEX idx_result_lookup ON idx_result (patient_id, code, effective DESC);
+CREATE INDEX idx_result_lookup ON idx_result (patient_id, code, effective DESC NULLS LAST);
 CREATE INDEX idx_result_pk ON idx_result (pk);
 
 -- Every version of the recognition catalogue; the highest is in force.
@@ -77,6 +78,10 @@ CREATE TABLE recognition_reminder (
     views         integer     NOT NULL DEFAULT 0
 );
 CREATE INDEX recognition_reminder_shown ON recognition_reminder (shown_at);
+-- One reminder per draft order, item and result: an EHR's retry, or order-select followed by
+-- order-sign for the same order, shows the same reminder again (statistics count it once).
+CREATE UNIQUE INDEX recognition_reminder_order ON recognition_reminder
+    (organization, patient_id, order_ref, item_id, result_ref) WHERE order_ref IS NOT NULL;
 CREATE INDEX recognition_reminder_org ON recognition_reminder (organization, shown_at);
 
 -- The doctor's decision on a reminder; the latest one counts. A decline needs a coded reason
@@ -130,20 +135,22 @@ def upgrade() -> None:
 
 def _default_catalogue() -> None:
     """Version 1 of the catalogue: the shipped defaults, for each region to tune."""
-    document = CatalogueDocument.model_validate(fhir_profiles.recognition_catalogue())
+    # Stored as shipped (tests validate the file): this revision must not depend on how the
+    # catalogue model evolves after it.
     op.get_bind().execute(
         sa.text(
             "INSERT INTO recognition_catalogue (version, document, created_by, note)"
             " VALUES (1, CAST(:document AS jsonb), 'yijian db upgrade', 'shipped defaults')"
         ),
-        {"document": document.model_dump_json(exclude_none=True)},
+        {"document": json.dumps(fhir_profiles.recognition_catalogue(), ensure_ascii=False)},
     )
 
 
 def _backfill() -> None:
     """Index the results stored before this revision (none on a new database)."""
     connection = op.get_bind()
-    zone = ZoneInfo("Asia/Shanghai")
+    zone = ZoneInfo(os.environ.get("YIJIAN_DEFAULT_TIMEZONE", "Asia/Shanghai"))
+    base = os.environ.get("YIJIAN_PUBLIC_BASE_URL", "").rstrip("/")
     last = 0
     while True:
         rows = connection.execute(
@@ -158,7 +165,7 @@ def _backfill() -> None:
         values = [
             {"pk": pk, "res_type": res_type, **fact.__dict__}
             for pk, res_type, content in rows
-            for fact in result_facts(orjson.loads(content), zone)
+            for fact in result_facts(orjson.loads(content), zone, base + "/fhir" if base else "")
         ]
         if values:
             connection.execute(
