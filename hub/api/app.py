@@ -89,7 +89,6 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     api.include_router(identity.router)
     api.include_router(ingest.router)
     api.include_router(recognition.router)
-    api.include_router(cds.router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -104,7 +103,13 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
             log.info("hub stopped")
 
     app = Starlette(
-        routes=[*identity.routes, *recognition.routes, *fhir.routes, Mount("/", app=api)],
+        routes=[
+            *identity.routes,
+            *recognition.routes,
+            *cds.routes,
+            *fhir.routes,
+            Mount("/", app=api),
+        ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -152,7 +152,7 @@ async def reusable_results(request: Request) -> Response:
     )
     async with (
         audited(request, principal, "operation:reusable-results", "E", audit_query) as audit,
-        hub.database.connection() as connection,
+        hub.database.connection(generic_plans=True) as connection,
     ):
         check = await hub.recognition.check(RecognitionRepository(connection), query)
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
@@ -404,7 +404,7 @@ async def open_result(token: str, request: Request) -> Response:
     reminder_id = _link_reminder(hub, token)
     async with (
         audited(request, None, "recognition:open", "R") as audit,
-        hub.database.connection() as connection,
+        hub.database.connection(generic_plans=True) as connection,
     ):
         repo = RecognitionRepository(connection)
         found = await repo.reminder(reminder_id)
@@ -481,7 +481,7 @@ async def recorded_check(request: Request, principal: Caller) -> Response:
     query = _check_query(hub, principal, [(k, v) for k, v in pairs if k not in extra])
     async with (
         audited(request, principal, "recognition:check", "E") as audit,
-        hub.database.connection() as connection,
+        hub.database.connection(generic_plans=True) as connection,
         connection.transaction(),
     ):
         repo = RecognitionRepository(connection)
