@@ -67,7 +67,6 @@ def row(
     return Candidate(
         res_type,
         rid or f"{org}-{code}-{days}",
-        1,
         system,
         code,
         site,

@@ -14,43 +14,41 @@ import orjson
 
 from hub.recognition.rules import Candidate
 
-# Newest rows per requested code for the person, plus (when imaging is asked) the person's
-# imaging reports, which name their study rather than a code the doctor ordered, plus the
-# Observations that the lab reports found list in ``result`` (a panel pushed without
-# ``basedOn``): they share the report's group, so their flags and statuses count. The
-# performer is the organization the hub verified as the writer (``owner_org``), not whatever
-# the resource names.
+# The newest rows per requested code for the person (a window over one index scan: simple
+# enough to plan in well under a millisecond). The performer is the organization the hub
+# verified as the writer (``owner_org``), not whatever the resource names.
 _CANDIDATES = """
-WITH found AS (
-    SELECT x.pk, x.res_type, r.res_id, r.version_id, x.system, x.code, x.site, x.effective,
-           x.status, COALESCE(r.owner_org, x.performer) AS performer, x.group_key, x.flags
-    FROM unnest($2::text[]) AS c(code)
-    CROSS JOIN LATERAL (
-        SELECT * FROM idx_result i WHERE i.patient_id = ANY($1::text[]) AND i.code = c.code
-        ORDER BY i.effective DESC NULLS LAST LIMIT $4) AS x
-    JOIN resource r ON r.pk = x.pk
-    UNION ALL
-    SELECT x.pk, x.res_type, r.res_id, r.version_id, x.system, x.code, x.site, x.effective,
-           x.status, COALESCE(r.owner_org, x.performer), x.group_key, x.flags
-    FROM idx_result x JOIN resource r ON r.pk = x.pk
-    WHERE $3 AND x.patient_id = ANY($1::text[]) AND x.res_type = 'DiagnosticReport'
-      AND x.group_key LIKE 'ImagingStudy/%'
-)
-SELECT * FROM found
-UNION ALL
-SELECT x.pk, x.res_type, o.res_id, o.version_id, x.system, x.code, x.site, x.effective,
-       x.status, COALESCE(o.owner_org, x.performer),
-       COALESCE(f.group_key, 'DiagnosticReport/' || f.res_id), x.flags
-FROM (SELECT DISTINCT pk, res_id, group_key FROM found
-      WHERE res_type = 'DiagnosticReport'
-        AND (group_key IS NULL OR group_key NOT LIKE 'ImagingStudy/%')) AS f
-JOIN resource d ON d.pk = f.pk
+SELECT t.pk, t.res_type, r.res_id, t.system, t.code, t.site, t.effective, t.status,
+       COALESCE(r.owner_org, t.performer) AS performer, t.group_key, t.flags
+FROM (SELECT x.*, row_number() OVER (PARTITION BY x.code
+                                     ORDER BY x.effective DESC NULLS LAST) AS n
+      FROM idx_result x WHERE x.patient_id = ANY($1::text[]) AND x.code = ANY($2::text[])) AS t
+JOIN resource r ON r.pk = t.pk
+WHERE t.n <= $3
+"""
+
+# The rows of the Observations that lab reports list in ``result`` (a panel pushed without
+# ``basedOn``), so that their flags and statuses count with the report: $1 the reports' pks.
+_LISTED = """
+SELECT d.res_id AS report, x.pk, x.res_type, o.res_id, x.system, x.code, x.site, x.effective,
+       x.status, COALESCE(o.owner_org, x.performer) AS performer, x.flags
+FROM resource d
 CROSS JOIN LATERAL jsonb_array_elements(
     CASE WHEN jsonb_typeof(d.content::jsonb -> 'result') = 'array'
          THEN d.content::jsonb -> 'result' ELSE '[]'::jsonb END) AS e(ref)
 JOIN resource o ON o.res_type = 'Observation' AND NOT o.deleted
     AND o.res_id = substring(e.ref ->> 'reference' FROM '^Observation/([^/]+)')
-JOIN idx_result x ON x.pk = o.pk AND x.patient_id = ANY($1::text[])
+JOIN idx_result x ON x.pk = o.pk AND x.patient_id = ANY($2::text[])
+WHERE d.pk = ANY($1::bigint[])
+"""
+
+# Imaging reports of the person that name one of the studies found ($2).
+_STUDY_REPORTS = """
+SELECT x.pk, x.res_type, r.res_id, x.system, x.code, x.site, x.effective, x.status,
+       COALESCE(r.owner_org, x.performer) AS performer, x.group_key, x.flags
+FROM idx_result x JOIN resource r ON r.pk = x.pk
+WHERE x.patient_id = ANY($1::text[]) AND x.res_type = 'DiagnosticReport'
+  AND x.group_key = ANY($2::text[])
 """
 
 _CONTENTS = "SELECT res_type, res_id, content FROM resource WHERE pk = ANY($1::bigint[])"
@@ -177,34 +175,36 @@ class RecognitionRepository:
         return [(r["res_id"], r["content"]) for r in rows]
 
     async def candidates(
-        self, patients: list[str], codes: list[str], imaging: bool, per_code: int = 20
+        self, patients: list[str], codes: list[str], per_code: int = 20
     ) -> list[Candidate]:
-        rows = await self.connection.fetch(_CANDIDATES, patients, codes, imaging, per_code)
-        seen: dict[tuple[int, str, str], Candidate] = {}
-        for r in rows:
-            key = (r["pk"], r["system"], r["code"])
-            if key in seen and (seen[key].group is not None or r["group_key"] is None):
-                continue  # the same row twice: keep the one that knows its group
-            seen[key] = Candidate(
-                r["res_type"],
-                r["res_id"],
-                r["version_id"],
-                r["system"],
-                r["code"],
-                r["site"],
-                r["effective"],
-                r["status"],
-                r["performer"],
-                r["group_key"]
-                or (
-                    f"DiagnosticReport/{r['res_id']}"
-                    if r["res_type"] == "DiagnosticReport"
-                    else None
-                ),
-                frozenset(r["flags"].split()),
-                pk=r["pk"],
-            )
-        return list(seen.values())
+        """The person's newest ``per_code`` results of each code, with what completes them:
+        the results a lab report lists, the report of an imaging study."""
+        found = [
+            _candidate(r, r["group_key"])
+            for r in await self.connection.fetch(_CANDIDATES, patients, codes, per_code)
+        ]
+        grouped = {c.group for c in found if c.res_type != "DiagnosticReport" and c.group}
+        reports = [
+            c
+            for c in found
+            if c.res_type == "DiagnosticReport"
+            and not (c.group or "").startswith("ImagingStudy/")
+            and c.group not in grouped
+        ]
+        if reports:
+            rows = await self.connection.fetch(_LISTED, [c.pk for c in reports], patients)
+            group_of = {c.res_id: c.group for c in reports}
+            found += [_candidate(r, group_of[r["report"]]) for r in rows]
+        studies = sorted({c.group for c in found if c.res_type == "ImagingStudy" and c.group})
+        if studies:
+            rows = await self.connection.fetch(_STUDY_REPORTS, patients, studies)
+            found += [_candidate(r, r["group_key"]) for r in rows]
+        unique: dict[tuple[int, str, str, str | None], Candidate] = {}
+        for candidate in found:
+            key = (candidate.pk, candidate.system, candidate.code, candidate.site)
+            if key not in unique or unique[key].group is None:
+                unique[key] = candidate  # the same row twice: keep the one that knows its group
+        return list(unique.values())
 
     async def contents(self, pks: Sequence[int]) -> dict[str, dict[str, Any]]:
         """Current JSON of results by ``Type/id``."""
@@ -295,3 +295,22 @@ class RecognitionRepository:
 def _json(value: Any) -> Any:
     """A jsonb column's value (text, or already decoded where the pool sets a codec)."""
     return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _candidate(row: asyncpg.Record, group: str | None) -> Candidate:
+    """A row as a Candidate; a lab report with no order of its own is its own group."""
+    if group is None and row["res_type"] == "DiagnosticReport":
+        group = f"DiagnosticReport/{row['res_id']}"
+    return Candidate(
+        row["res_type"],
+        row["res_id"],
+        row["system"],
+        row["code"],
+        row["site"],
+        row["effective"],
+        row["status"],
+        row["performer"],
+        group,
+        frozenset(row["flags"].split()),
+        pk=row["pk"],
+    )

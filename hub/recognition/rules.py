@@ -52,7 +52,6 @@ class Candidate:
 
     res_type: str
     res_id: str
-    version_id: int
     system: str
     code: str
     site: str | None

@@ -182,8 +182,7 @@ class RecognitionService:
             return check
         wanted = [r for _, r in requests if r is not None]
         codes = sorted({token.partition("|")[2] for token in catalogue.result_codes(wanted)})
-        imaging = any(r.item.category == "imaging" for r in wanted)
-        candidates = await repo.candidates(person.patients, codes, imaging) if codes else []
+        candidates = await repo.candidates(person.patients, codes) if codes else []
         situation = Situation(at, ordering, institutions, self.zone)
         check.verdicts = evaluate(catalogue, requests, candidates, situation)
         pks = [m.pk for v in check.verdicts if v.reusable and v.result for m in v.result.members]
