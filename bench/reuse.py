@@ -1259,7 +1259,7 @@ async def run_bare_plan(plan: BarePlan) -> PhaseResult:
             ids = person_ids(rng.randrange(plan.patients), plan.patients)
             began = time.monotonic()
             try:
-                rows = await connection.fetch(_CANDIDATES, ids, codes, plan.imaging, 20)
+                rows = await connection.fetch(_CANDIDATES, ids, codes, 20)
                 failed = None
             except asyncpg.PostgresError as exc:
                 failed, rows = f"{type(exc).__name__}: {exc}", []

@@ -48,9 +48,11 @@ class Database:
 
     url: str
     engine: AsyncEngine
-    # Connections whose prepared statements always use a generic plan: for fixed-shape
-    # lookups on the hot path (the reuse check), where PostgreSQL would otherwise re-plan the
-    # statement for every set of values (a custom plan: 1–2 ms of planning per call).
+    # Connections for the reuse check's hot path: prepared statements always use a generic
+    # plan (PostgreSQL would otherwise re-plan fixed-shape lookups for every set of values),
+    # and commits are asynchronous (the only writes here are reminders and views, operational
+    # records: a crash may lose the last fraction of a second of them, never clinical data,
+    # and a request does not wait for a WAL flush).
     generic_engine: AsyncEngine | None = None
 
     @classmethod
@@ -80,7 +82,9 @@ class Database:
             url=url,
             engine=engine(settings.db_pool_size),
             generic_engine=engine(
-                max(2, settings.db_pool_size // 2), plan_cache_mode="force_generic_plan"
+                max(2, settings.db_pool_size // 2),
+                plan_cache_mode="force_generic_plan",
+                synchronous_commit="off",
             ),
         )
 
@@ -90,7 +94,8 @@ class Database:
 
         Taken from the pool as a raw connection: a quarter of the CPU of a full
         ``AsyncConnection`` checkout, which the FHIR store's statements do not need.
-        ``generic_plans``: from the pool whose statements are planned once (see above).
+        ``generic_plans``: from the reuse check's pool (generic plans, asynchronous commit;
+        see above): never for clinical writes.
         """
         engine = self.generic_engine if generic_plans and self.generic_engine else self.engine
         pooled = await engine.raw_connection()
