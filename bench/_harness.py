@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -65,6 +66,48 @@ def cpu_calibration() -> float:
 # --------------------------------------------------------------------------------------------
 # A private hub for the benchmark
 # --------------------------------------------------------------------------------------------
+
+
+class LoadProcesses:
+    """Child processes that each run ``target(plan, connection)`` for one plan and send back
+    ``("ok", result)`` or ``("error", text)``; a context manager that reaps them.
+
+    Load generators run apart from the measuring process so that neither's CPU skews the
+    other (forked where the platform allows, else spawned).
+    """
+
+    def __init__(self, target: Any, plans: Sequence[Any]) -> None:
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        context: Any = multiprocessing.get_context("fork" if fork else "spawn")
+        self.children: list[tuple[Any, Any]] = []
+        for plan in plans:
+            parent_end, child_end = context.Pipe(duplex=False)
+            process = context.Process(target=target, args=(plan, child_end), daemon=True)
+            process.start()
+            child_end.close()
+            self.children.append((process, parent_end))
+
+    def results(self) -> list[Any]:
+        """Each child's result, in plan order; RuntimeError if one died or failed."""
+        results = []
+        for process, connection in self.children:
+            try:
+                status, payload = connection.recv()
+            except EOFError:
+                raise RuntimeError(f"load process {process.pid} died") from None
+            if status != "ok":
+                raise RuntimeError(f"load process {process.pid} failed: {payload}")
+            results.append(payload)
+        return results
+
+    def __enter__(self) -> LoadProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process, _ in self.children:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
 
 
 class SetupError(RuntimeError):

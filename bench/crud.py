@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import multiprocessing
 import os
 import random
 import secrets
@@ -62,6 +61,7 @@ import orjson
 
 from bench._harness import (
     BENCH_SYSTEM,
+    LoadProcesses,
     OwnHub,
     SetupError,
     cpu_calibration,
@@ -696,30 +696,8 @@ def generate_load(plans: list[LoadPlan]) -> tuple[LoadResult, list[float]]:
     if len(plans) == 1:
         results = [asyncio.run(run_load(plans[0]))]
     else:
-        fork = "fork" in multiprocessing.get_all_start_methods()
-        ctx: Any = multiprocessing.get_context("fork" if fork else "spawn")
-        children = []
-        for plan in plans:
-            parent_end, child_end = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_load_process, args=(plan, child_end), daemon=True)
-            proc.start()
-            child_end.close()
-            children.append((proc, parent_end))
-        results = []
-        try:
-            for proc, conn in children:
-                try:
-                    status, payload = conn.recv()
-                except EOFError:
-                    raise RuntimeError(f"load process {proc.pid} died") from None
-                if status != "ok":
-                    raise RuntimeError(f"load process {proc.pid} failed: {payload}")
-                results.append(payload)
-        finally:
-            for proc, _ in children:
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
+        with LoadProcesses(_load_process, plans) as processes:
+            results = processes.results()
     merged = LoadResult()
     for result in results:
         merged.merge(result)

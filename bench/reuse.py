@@ -78,7 +78,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import multiprocessing
 import os
 import random
 import secrets
@@ -104,6 +103,7 @@ import orjson
 
 from bench._harness import (
     BENCH_SYSTEM,
+    LoadProcesses,
     OwnHub,
     SetupError,
     cpu_calibration,
@@ -1309,33 +1309,13 @@ def run_phase(
     plans: list[HubPlan] | list[BarePlan], url: str, server_pgid: int | None
 ) -> PhaseResult:
     """Run each plan in a child process while this one samples the CPU; merge the results."""
-    fork = "fork" in multiprocessing.get_all_start_methods()
-    ctx: Any = multiprocessing.get_context("fork" if fork else "spawn")
-    children = []
-    for plan in plans:
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(plan, child_end), daemon=True)
-        process.start()
-        child_end.close()
-        children.append((process, parent_end))
     merged = PhaseResult()
-    try:
+    with LoadProcesses(_child, plans) as processes:
         use, window = asyncio.run(
             watch_window(url, server_pgid, plans[0].measure_start, plans[0].measure_end)
         )
-        for process, conn in children:
-            try:
-                status, payload = conn.recv()
-            except EOFError:
-                raise RuntimeError(f"load process {process.pid} died") from None
-            if status != "ok":
-                raise RuntimeError(f"load process {process.pid} failed: {payload}")
+        for payload in processes.results():
             merged.merge(payload)
-    finally:
-        for process, _ in children:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
     use.client = merged.client_cpu
     merged.use, merged.window = use, window
     return merged
