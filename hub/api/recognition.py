@@ -303,7 +303,7 @@ async def decide(body: DecisionIn, request: Request, principal: Caller) -> JSONR
         hub.database.connection() as connection,
     ):
         repo = RecognitionRepository(connection)
-        decision = await hub.recognition.decide(
+        decision, reminder = await hub.recognition.decide(
             repo,
             body.reminder,
             outcome=body.outcome,
@@ -314,8 +314,6 @@ async def decide(body: DecisionIn, request: Request, principal: Caller) -> JSONR
             client_id=principal.client_id,
             organization=_own_organization(principal),
         )
-        reminder = await repo.reminder(body.reminder)
-        assert reminder is not None
         audit.patients.add(f"Patient/{reminder['patient_id']}")
         audit.entities.append(reminder["result_ref"])
     return JSONResponse(decision, status_code=201)

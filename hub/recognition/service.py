@@ -299,8 +299,8 @@ class RecognitionService:
         decided_by: str | None,
         client_id: str | None,
         organization: str | None,
-    ) -> dict[str, Any]:
-        """Record a decision on a reminder (the latest counts)."""
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Record a decision on a reminder (the latest counts): (the decision, the reminder)."""
         code, text = self.check_decision(outcome, reason_code, reason_text)
         reminder = await self.reminder(repo, reminder_id, organization)
         decision_id = await repo.add_decision(
@@ -313,13 +313,14 @@ class RecognitionService:
             decided_by=decided_by or reminder.get("practitioner"),
             client_id=client_id,
         )
-        return {
+        decision = {
             "id": decision_id,
             "reminder": str(reminder_id),
             "outcome": outcome,
             "reason": code,
             "reasonText": text,
         }
+        return decision, reminder
 
     async def reminder(
         self, repo: RecognitionRepository, reminder_id: uuid.UUID, organization: str | None
