@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,9 +70,37 @@ class Settings(BaseSettings):
     search_max_count: int = 1000
     log_level: str = "INFO"
 
+    # The imaging cloud (package imaging/).
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_ae_title: str = Field(default="YIJIAN", description="the C-STORE receiver's AE title")
+    dicom_max_pdu: int = Field(default=1 << 20, description="largest P-DATA PDU received")
+    dicom_resend: Literal["replace", "keep"] = Field(
+        default="replace",
+        description="an SOP Instance UID received again with other bytes: a new version "
+        "(replace), or the first kept and the resend refused (keep); same bytes are always "
+        "accepted as a repeat",
+    )
+    object_store: Literal["file", "s3"] = Field(
+        default="file", description="where DICOM files live: a local directory, or S3"
+    )
+    object_store_dir: Path | None = Field(
+        default=None, description="the file store's directory; default DATA_DIR/objects"
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
+    s3_bucket: str = "yijian-dicom"
+    s3_prefix: str = Field(default="", description="key prefix inside the bucket")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
     @cached_property
     def resolved_keys_dir(self) -> Path:
         return self.keys_dir or (self.data_dir / "keys")
+
+    @cached_property
+    def resolved_object_store_dir(self) -> Path:
+        return self.object_store_dir or (self.data_dir / "objects")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -24,6 +24,7 @@ from hub import __version__
 from hub.api import admin, auth, cds, fhir, identity, ingest, operations, recognition
 from hub.api.middleware import ObservabilityMiddleware
 from hub.api.responses import fhir_response
+from hub.extensions import extension_routes
 from hub.fhir.outcomes import FhirError
 from hub.runtime import Hub
 from hub.settings import Settings
@@ -108,6 +109,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
             *recognition.routes,
             *cds.routes,
             *fhir.routes,
+            *extension_routes(),  # /dicomweb (imaging/), found through entry points
             Mount("/", app=api),
         ],
         exception_handlers=HANDLERS,
