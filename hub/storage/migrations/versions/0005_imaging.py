@@ -25,7 +25,7 @@ CREATE TABLE dicom_ae (
     ae_title      text        PRIMARY KEY,
     organization  text        NOT NULL,
     description   text        NOT NULL DEFAULT '',
-    hosts         text[],                     -- peer addresses allowed; NULL: any
+    hosts         text[],                     -- peer addresses allowed (NULL: any)
     identifiers   jsonb       NOT NULL DEFAULT '{}'::jsonb,  -- Issuer of Patient ID → system
     created_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -48,9 +48,9 @@ CREATE TABLE dicom_study (
     referring        text,
     modalities       text[]      NOT NULL DEFAULT '{}',
     patient_ref      text,                    -- FHIR Patient id (the hospital's record)
-    imaging_study_id text        NOT NULL,    -- FHIR ImagingStudy id, fixed at first receipt
+    imaging_study_id text,                    -- FHIR ImagingStudy id, once written
     changed_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
-    synced_at        timestamptz,             -- ImagingStudy written; NULL or older: pending
+    synced_at        timestamptz,             -- ImagingStudy written (NULL or older: pending)
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dicom_study_patient ON dicom_study (patient_id);
