@@ -87,7 +87,7 @@ def read_instance(source: bytes | BinaryIO) -> InstanceHeader:
             ) from None
     for warning in caught:
         if "End of file reached" in str(warning.message):  # a sequence or item cut short
-            raise InvalidInstance(f"the instance is truncated: {warning.message}")
+            raise InvalidInstance(f"truncated: {warning.message}")
     _check_last_element(dataset)
     return header_of(dataset)
 
@@ -107,8 +107,8 @@ def _check_last_element(dataset: Dataset) -> None:
         and len(value) < length
     ):
         raise InvalidInstance(
-            f"the last element {raw.tag} declares {length} bytes but the file holds"
-            f" {len(value)}: the instance is truncated"
+            f"truncated: the last element {raw.tag} declares {length} bytes but the file"
+            f" holds {len(value)}"
         )
 
 
@@ -180,7 +180,7 @@ def check_pixel_data(dataset: Dataset, transfer_syntax: str) -> None:
     if PIXEL_DATA not in dataset:
         if _int(dataset, "Rows") and _int(dataset, "Columns"):
             # an image's Pixel Data is required (type 1): the file ended before it
-            raise InvalidInstance("an image without Pixel Data (7FE0,0010): truncated")
+            raise InvalidInstance("truncated: an image without Pixel Data (7FE0,0010)")
         return
     element = dataset[PIXEL_DATA]
     value = element.value
@@ -204,8 +204,8 @@ def check_pixel_data(dataset: Dataset, transfer_syntax: str) -> None:
     expected = rows * columns * samples * frames * bits // 8
     if len(value) < expected:
         raise InvalidInstance(
-            f"Pixel Data is {len(value)} bytes; Rows × Columns × samples × frames × bits"
-            f" need {expected}: the instance is truncated"
+            f"truncated: Pixel Data is {len(value)} bytes, Rows x Columns x samples x frames x"
+            f" bits need {expected}"
         )
 
 

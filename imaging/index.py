@@ -186,8 +186,7 @@ class InstanceIndex:
         )
         if study is None:
             raise Refused(
-                f"study {header.study_uid} belongs to another hospital; an instance of it "
-                "cannot be added by this sender",
+                f"the study belongs to another hospital: {header.study_uid}",
                 NOT_AUTHORIZED,
             )
         series = await self.connection.fetchval(

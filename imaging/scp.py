@@ -251,6 +251,7 @@ def _status(status: int, comment: str | None = None) -> Dataset:
     answer = Dataset()
     answer.Status = status
     if comment:
-        # Error Comment is LO: at most 64 characters, no backslash or control characters.
-        answer.ErrorComment = comment.replace("\\", "/")[:64]
+        # Error Comment is LO in the default repertoire: 64 ASCII characters, no backslash.
+        text = comment.replace("\\", "/").encode("ascii", "replace").decode("ascii")
+        answer.ErrorComment = text[:64]
     return answer

@@ -97,8 +97,7 @@ class ImagingService:
             owner = await InstanceIndex(conn, self.zone).owner(header.study_uid)
         if owner is not None and owner != sender.organization:
             raise Refused(
-                f"study {header.study_uid} belongs to another hospital; this sender may not "
-                "add to it",
+                f"the study belongs to another hospital: {header.study_uid}",
                 NOT_AUTHORIZED,
             )
         stored = await asyncio.to_thread(_put, self.store, source)
