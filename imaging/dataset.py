@@ -14,7 +14,10 @@ valid UTF-8, else as GB18030.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -27,6 +30,10 @@ from pydicom.tag import Tag
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 BULK_THRESHOLD = 1024  # values longer than this are bulk data, not inlined in metadata JSON
+# Values longer than this are not read into memory (pydicom defers them): a 500 MB multi-frame
+# instance is checked by seeking through its pixel data, never held whole.
+DEFER_BYTES = 1 << 20
+_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 UNDECLARED_FALLBACK = ("utf-8", "gb18030")
 
 # DICOM status codes for refusals (PS3.4 Annex B / PS3.7 C.4.2).
@@ -78,7 +85,7 @@ def read_instance(source: bytes | BinaryIO) -> InstanceHeader:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            dataset = pydicom.dcmread(stream, force=False)
+            dataset = pydicom.dcmread(stream, force=False, defer_size=DEFER_BYTES)
         except InvalidDicomError as error:
             raise InvalidInstance(f"not a DICOM Part 10 file: {error}") from None
         except Exception as error:  # pydicom raises many kinds on damaged input
@@ -88,18 +95,26 @@ def read_instance(source: bytes | BinaryIO) -> InstanceHeader:
     for warning in caught:
         if "End of file reached" in str(warning.message):  # a sequence or item cut short
             raise InvalidInstance(f"truncated: {warning.message}")
-    _check_last_element(dataset)
-    return header_of(dataset)
+    _check_last_element(dataset, stream)
+    return header_of(dataset, stream)
 
 
-def _check_last_element(dataset: Dataset) -> None:
+def _check_last_element(dataset: Dataset, stream: BinaryIO | None = None) -> None:
     """The file's last element must be whole: pydicom reads a defined-length value cut short
     by the end of the file without complaint (a transfer that stopped early)."""
     tags = list(dataset.keys())
     if not tags:
         raise InvalidInstance("the file holds no data set")
-    raw = dataset.get_item(max(tags))
+    raw = dataset.get_item(max(tags), keep_deferred=True)
     length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+    if value is None and stream is not None and isinstance(length, int) and length != 0xFFFFFFFF:
+        end = getattr(raw, "value_tell", 0) + length  # a deferred value: is it all there?
+        if end > _size(stream):
+            raise InvalidInstance(
+                f"truncated: the last element {raw.tag} declares {length} bytes but the file"
+                f" ends {end - _size(stream)} bytes short"
+            )
+        return
     if (
         isinstance(length, int)
         and length != 0xFFFFFFFF
@@ -112,8 +127,9 @@ def _check_last_element(dataset: Dataset) -> None:
         )
 
 
-def header_of(dataset: Dataset) -> InstanceHeader:
-    """The indexed attributes of a parsed dataset (with its file meta)."""
+def header_of(dataset: Dataset, stream: BinaryIO | None = None) -> InstanceHeader:
+    """The indexed attributes of a parsed dataset (with its file meta); ``stream`` is the file
+    it was read from, for pixel data left in the file (deferred)."""
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if not transfer_syntax:
@@ -142,7 +158,7 @@ def header_of(dataset: Dataset) -> InstanceHeader:
         raise InvalidInstance(
             "the file meta's Media Storage SOP Instance UID differs from the SOP Instance UID"
         )
-    check_pixel_data(dataset, transfer_syntax)
+    check_pixel_data(dataset, transfer_syntax, stream)
     charset = _charset(dataset)
     return InstanceHeader(
         sop_class_uid=values["SOPClassUID"],
@@ -173,20 +189,27 @@ def header_of(dataset: Dataset) -> InstanceHeader:
     )
 
 
-def check_pixel_data(dataset: Dataset, transfer_syntax: str) -> None:
+def check_pixel_data(
+    dataset: Dataset, transfer_syntax: str, stream: BinaryIO | None = None
+) -> None:
     """Refuse pixel data shorter than Rows × Columns × samples × bits × frames promise
     (native), or encapsulated fragments that do not parse (compressed): both mean the
-    transfer was cut short."""
+    transfer was cut short. Pixel data left in ``stream`` (deferred) is checked there by
+    seeking, without reading it into memory."""
     if PIXEL_DATA not in dataset:
         if _int(dataset, "Rows") and _int(dataset, "Columns"):
             # an image's Pixel Data is required (type 1): the file ended before it
             raise InvalidInstance("truncated: an image without Pixel Data (7FE0,0010)")
         return
+    syntax = pydicom.uid.UID(transfer_syntax)
+    raw = dataset.get_item(PIXEL_DATA, keep_deferred=True)
+    if getattr(raw, "value", b"") is None and stream is not None:
+        _check_deferred_pixel_data(dataset, raw, syntax, stream)
+        return
     element = dataset[PIXEL_DATA]
     value = element.value
     if value is None:
         raise InvalidInstance("Pixel Data (7FE0,0010) is empty")
-    syntax = pydicom.uid.UID(transfer_syntax)
     if syntax.is_encapsulated:
         try:
             fragments = sum(1 for _ in generate_fragments(value))
@@ -199,14 +222,73 @@ def check_pixel_data(dataset: Dataset, transfer_syntax: str) -> None:
     bits = _int(dataset, "BitsAllocated")
     if not rows or not columns or not bits:
         raise InvalidInstance("Pixel Data without Rows, Columns or Bits Allocated")
-    samples = _int(dataset, "SamplesPerPixel") or 1
-    frames = _int(dataset, "NumberOfFrames") or 1
-    expected = rows * columns * samples * frames * bits // 8
+    expected = _native_length(dataset, rows, columns, bits)
     if len(value) < expected:
         raise InvalidInstance(
             f"truncated: Pixel Data is {len(value)} bytes, Rows x Columns x samples x frames x"
             f" bits need {expected}"
         )
+
+
+def _native_length(dataset: Dataset, rows: int, columns: int, bits: int) -> int:
+    samples = _int(dataset, "SamplesPerPixel") or 1
+    frames = _int(dataset, "NumberOfFrames") or 1
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
+def _check_deferred_pixel_data(
+    dataset: Dataset, raw: Any, syntax: pydicom.uid.UID, stream: BinaryIO
+) -> None:
+    size = _size(stream)
+    start, length = int(raw.value_tell), int(raw.length)
+    if not syntax.is_encapsulated:
+        rows, columns = _int(dataset, "Rows"), _int(dataset, "Columns")
+        bits = _int(dataset, "BitsAllocated")
+        if not rows or not columns or not bits:
+            raise InvalidInstance("Pixel Data without Rows, Columns or Bits Allocated")
+        expected = _native_length(dataset, rows, columns, bits)
+        held = min(length, size - start)
+        if held < expected:
+            raise InvalidInstance(
+                f"truncated: Pixel Data is {held} bytes, Rows x Columns x samples x frames x"
+                f" bits need {expected}"
+            )
+        return
+    # Encapsulated: items (FFFE,E000) with defined lengths, then the sequence delimiter.
+    endian = "<" if syntax.is_little_endian else ">"
+    position, fragments = start, 0
+    while True:
+        stream.seek(position)
+        head = stream.read(8)
+        if len(head) < 8:
+            raise InvalidInstance("truncated: the compressed pixel data ends without a delimiter")
+        group, element, item_length = struct.unpack(f"{endian}HHL", head)
+        tag = (group << 16) | element
+        if tag == _SEQUENCE_DELIMITER:
+            break
+        if tag != _ITEM:
+            raise InvalidInstance(
+                f"the compressed pixel data is damaged: ({group:04X},{element:04X}) where a"
+                " fragment item was expected"
+            )
+        position += 8 + item_length
+        if position > size:
+            raise InvalidInstance("truncated: a compressed pixel data fragment is cut short")
+        fragments += 1
+    if fragments < 2:  # the Basic Offset Table item, then at least one fragment
+        raise InvalidInstance("the compressed pixel data holds no fragment")
+
+
+def _size(stream: BinaryIO) -> int:
+    """The stream's total length in bytes (its position is left where it was)."""
+    if isinstance(stream, io.BytesIO):
+        return len(stream.getbuffer())
+    with contextlib.suppress(OSError, AttributeError, io.UnsupportedOperation):
+        return os.fstat(stream.fileno()).st_size
+    here = stream.tell()
+    end = stream.seek(0, os.SEEK_END)
+    stream.seek(here)
+    return end
 
 
 def metadata_json(dataset: Dataset) -> dict[str, Any]:

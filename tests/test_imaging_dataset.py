@@ -4,13 +4,15 @@ the files that ship with pydicom: every common transfer syntax, truncation, Chin
 from __future__ import annotations
 
 import io
+import tracemalloc
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from imaging.dataset import DATASET_DOES_NOT_MATCH, InvalidInstance, read_instance
 from imaging.store import FileStore
@@ -129,3 +131,61 @@ def test_the_store_is_content_addressed_and_atomic(tmp_path: Path) -> None:
         store.open("../../etc/passwd")
     store.delete(first.key)
     assert not store.exists(first.key)
+
+
+def _large(path: Path, encapsulated: bool, frames: int = 40) -> Path:
+    """A multi-frame instance of ``frames`` 512×512 frames (native 16-bit: 20 MB for 40), far
+    above the size at which pixel data is left in the file."""
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    dataset.SOPInstanceUID, dataset.StudyInstanceUID = generate_uid(), generate_uid()
+    dataset.SeriesInstanceUID, dataset.PatientID, dataset.Modality = generate_uid(), "BIG", "OT"
+    dataset.Rows = dataset.Columns = 512
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.NumberOfFrames, dataset.PixelRepresentation = frames, 0
+    dataset.file_meta = FileMetaDataset()
+    if encapsulated:
+        dataset.BitsAllocated = dataset.BitsStored = 8
+        dataset.HighBit = 7
+        dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        dataset.PixelData = encapsulate([b"\xff\xd8" + bytes(400_000) + b"\xff\xd9"] * frames)
+        dataset["PixelData"].VR = "OB"
+    else:
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.PixelData = bytes(512 * 512 * 2 * frames)
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
+def test_large_instances_are_checked_without_reading_their_pixels(
+    tmp_path: Path, encapsulated: bool
+) -> None:
+    path = _large(tmp_path / "large.dcm", encapsulated)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with open(path, "rb") as source:
+            header = read_instance(source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert header.frames == 40
+    assert peak < size / 20, f"reading the header took {peak} bytes for a {size}-byte file"
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[: size * 3 // 4])
+    with pytest.raises(InvalidInstance, match="truncated"), open(cut, "rb") as source:
+        read_instance(source)
+
+
+def test_damaged_fragment_items_are_refused_without_reading_them(tmp_path: Path) -> None:
+    path = _large(tmp_path / "large.dcm", encapsulated=True)
+    data = bytearray(path.read_bytes())
+    second_item = data.index(b"\xfe\xff\x00\xe0", data.index(b"\xfe\xff\x00\xe0") + 8)
+    data[second_item : second_item + 4] = b"\x08\x00\x18\x00"  # not an item tag
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidInstance), open(path, "rb") as source:
+        read_instance(source)
