@@ -28,6 +28,8 @@ from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
+from imaging.metadata import metadata_json as instance_json
+
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 BULK_THRESHOLD = 1024  # values longer than this are bulk data, not inlined in metadata JSON
 # Values longer than this are not read into memory (pydicom defers them): a 500 MB multi-frame
@@ -185,7 +187,7 @@ def header_of(dataset: Dataset, stream: BinaryIO | None = None) -> InstanceHeade
         columns=_int(dataset, "Columns"),
         frames=_int(dataset, "NumberOfFrames") or 1,
         character_set=charset,
-        metadata=metadata_json(dataset),
+        metadata=instance_json(dataset, charset, pydicom.uid.UID(transfer_syntax).is_little_endian),
     )
 
 
@@ -292,15 +294,12 @@ def _size(stream: BinaryIO) -> int:
 
 
 def metadata_json(dataset: Dataset) -> dict[str, Any]:
-    """The DICOM JSON model (PS3.18 F.2) of the dataset without pixel data; other bulk values
-    are left out too (WADO-RS metadata names them by BulkDataURI)."""
-    copy = Dataset(dataset)
-    if PIXEL_DATA in copy:
-        del copy[PIXEL_DATA]
-    result: dict[str, Any] = copy.to_json_dict(
-        bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda element: ""
-    )
-    return result
+    """The DICOM JSON model (PS3.18 F.2) of a dataset without its bulk data (see
+    ``imaging.metadata``), in the dataset's declared character set."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    little = pydicom.uid.UID(str(syntax)).is_little_endian if syntax else True
+    return instance_json(dataset, _charset(dataset), little)
 
 
 def _charset(dataset: Dataset) -> str | None:
