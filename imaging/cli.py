@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,54 @@ def _ae_title(value: str) -> str:
 @click.option("--port", default=None, type=int, help="port (default 11112)")
 @click.option("--ae-title", default=None, help="the receiver's AE title (default YIJIAN)")
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="receiver processes sharing the port (one core each; pynetdicom is pure Python)",
+)
+@click.option(
     "--migrate/--no-migrate", default=True, show_default=True, help="apply migrations first"
 )
-def dicom_scp(host: str | None, port: int | None, ae_title: str | None, migrate: bool) -> None:
+def dicom_scp(
+    host: str | None, port: int | None, ae_title: str | None, workers: int, migrate: bool
+) -> None:
     """Run the DICOM storage receiver (C-STORE SCP): stores, indexes, publishes ImagingStudy."""
+    settings = _prepare_service(migrate)
+    title = _ae_title(ae_title or settings.dicom_ae_title)
+    bind = (host or settings.dicom_host, port if port is not None else settings.dicom_port)
+    if workers <= 1:
+        _receive(settings, bind, title, reuse_port=False)
+        return
+    if bind[1] == 0:
+        raise click.BadParameter("several workers need a fixed port", param_hint="--port")
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a receiver: its own interpreter state, event loop and hub
+            code = 0
+            try:
+                _receive(settings, bind, title, reuse_port=True)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda signum, _frame: [os.kill(c, signum) for c in children])
+    failed = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed += os.waitstatus_to_exitcode(status) != 0
+    sys.exit(1 if failed else 0)
+
+
+def _receive(settings: Any, bind: tuple[str, int], title: str, *, reuse_port: bool) -> None:
+    """One receiver process until SIGTERM/SIGINT; then it finishes and stops cleanly."""
     from imaging.scp import StorageReceiver
 
-    settings = _prepare_service(migrate)
-    receiver = StorageReceiver(
-        settings,
-        host or settings.dicom_host,
-        port if port is not None else settings.dicom_port,
-        _ae_title(ae_title or settings.dicom_ae_title),
-    )
+    receiver = StorageReceiver(settings, bind[0], bind[1], title, reuse_port=reuse_port)
     stop = threading.Event()
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, lambda *_: stop.set())
