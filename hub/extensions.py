@@ -32,4 +32,5 @@ def extension_routes() -> list[BaseRoute]:
 
 def extension_commands() -> list[Any]:
     """Click commands of every installed extension, in entry-point name order."""
-    return [entry.load() for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)]
+    found = sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)
+    return [entry.load() for entry in found]

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         default=30_000, description="PostgreSQL cancels a statement running longer (0: never)"
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, description="413 above this")
+    dicomweb_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024 * 1024,
+        description="413 above this for a DICOMweb STOW-RS request (POST /dicomweb/studies"
+        "...), whose body is streamed to storage rather than held in memory",
+    )
     token_lifetime_seconds: int = 3600
     token_issuer: str = "yijian-hub"
     default_timezone: str = Field(default="Asia/Shanghai", description="for dates without zone")

@@ -3,6 +3,7 @@ entry-point group ``yijian.commands`` (the hub never imports this package)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -65,8 +66,14 @@ def dicom_scp(
                 code = 1
             os._exit(code)
         children.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
     for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda signum, _frame: [os.kill(c, signum) for c in children])
+        signal.signal(handled, forward)
     failed = 0
     for child in children:
         _, status = os.waitpid(child, 0)

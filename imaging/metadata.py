@@ -135,9 +135,10 @@ def _raw(
             return None
         return _strings(vr, text)
     if vr in _TEXT_VRS:
-        text = _decode(value, vr, encodings, undeclared)
-        if text is None:
+        decoded = _decode(value, vr, encodings, undeclared)
+        if decoded is None:
             return None
+        text = decoded
         if vr == "PN":
             return _person_names(text)
         return _strings(vr, text)

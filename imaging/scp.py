@@ -128,6 +128,7 @@ class StorageReceiver:
             server_class=_ReusePortServer if self.reuse_port else ThreadedAssociationServer,
         )
         self.port = self._server.server_address[1]
+        ae._servers.append(self._server)  # as start_server does: shutdown() removes it
         threading.Thread(
             target=self._server.serve_forever, name="dicom-acceptor", daemon=True
         ).start()
@@ -250,6 +251,7 @@ class _ReusePortServer(ThreadedAssociationServer):
     spreads new associations over them, each process with its own interpreter and hub."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -283,13 +285,13 @@ def _prompt_acknowledgements(event: evt.Event) -> None:
     """Answer promptly on a new connection: no Nagle delay on our writes (TCP_NODELAY), no
     delayed acknowledgement of the peer's (see ``_QuickAckSocket``)."""
     transport = event.assoc.dul.socket
-    raw = getattr(transport, "socket", None)
+    raw = getattr(transport, "socket", None) if transport is not None else None
     if not isinstance(raw, socket.socket):
         return
     with contextlib.suppress(OSError):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(socket, "TCP_QUICKACK"):
-        transport.socket = _QuickAckSocket(raw)
+    if hasattr(socket, "TCP_QUICKACK") and transport is not None:
+        transport.socket = _QuickAckSocket(raw)  # type: ignore[assignment]
 
 
 def _calling_title(event: evt.Event) -> str:

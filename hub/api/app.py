@@ -115,4 +115,4 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
-    return ObservabilityMiddleware(app, settings.max_body_bytes)
+    return ObservabilityMiddleware(app, settings.max_body_bytes, settings.dicomweb_max_body_bytes)

@@ -43,12 +43,32 @@ class BodyTooLarge(FhirError):
         )
 
 
-class ObservabilityMiddleware:
-    """Assigns a request id, enforces the body limit, logs one JSON line and records metrics."""
+STOW_PREFIX = "/dicomweb/studies"
+DEFAULT_STOW_MAX_BODY = 4 * 1024 * 1024 * 1024
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+
+class ObservabilityMiddleware:
+    """Assigns a request id, enforces the body limit, logs one JSON line and records metrics.
+
+    A DICOMweb STOW-RS request (POST under /dicomweb/studies) has its own, larger limit: its
+    parts are streamed to storage as they arrive, so a large study never sits in memory.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, dicomweb_max_body_bytes: int | None = None
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.dicomweb_max_body_bytes = dicomweb_max_body_bytes or DEFAULT_STOW_MAX_BODY
+
+    def _limit(self, scope: Scope) -> int:
+        """STOW-RS bodies (studies, streamed to disk) have their own, larger limit."""
+        path = scope.get("path", "")
+        if scope.get("method") == "POST" and (
+            path == STOW_PREFIX or path.startswith(STOW_PREFIX + "/")
+        ):
+            return self.dicomweb_max_body_bytes
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +79,7 @@ class ObservabilityMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
-        limit = self.max_body_bytes
+        limit = self._limit(scope)
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -56,6 +56,7 @@ CREATE TABLE dicom_study (
 CREATE INDEX dicom_study_patient ON dicom_study (patient_id);
 CREATE INDEX dicom_study_accession ON dicom_study (accession);
 CREATE INDEX dicom_study_date ON dicom_study (study_date DESC, study_uid);
+CREATE INDEX dicom_study_org_date ON dicom_study (organization, study_date DESC, study_uid);
 CREATE INDEX dicom_study_modalities ON dicom_study USING gin (modalities);
 CREATE INDEX dicom_study_pending ON dicom_study (changed_at)
     WHERE synced_at IS NULL OR synced_at < changed_at;
