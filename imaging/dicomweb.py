@@ -912,7 +912,7 @@ async def store_instances(request: Request) -> Response:
         failed = [o for o in outcomes if isinstance(o, Failure)]
         studies = list(dict.fromkeys(r.header.study_uid for r in stored))
         if studies:
-            await service.sync_studies(studies)
+            service.schedule_sync(studies)  # ImagingStudy follows within a second
             await _note_studies(hub, audit, studies)
         status = 200 if not failed and not cut_short else (202 if stored else 409)
         audit.status = status

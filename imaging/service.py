@@ -17,6 +17,7 @@ every study changed since its last sync (``dicom_study.changed_at`` > ``synced_a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 __all__ = ["PROCESSING_FAILURE", "ImagingService", "Received", "Refused", "Sender"]
 
 SYNC_DELAY_SECONDS = 2.0  # a study still receiving is synced at most this often
+SYNC_DEBOUNCE_SECONDS = 0.3  # STOW requests to one study within this coalesce into one sync
+SWEEP_OLDER_THAN_SECONDS = 30.0  # studies a stopped process left pending
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: the hub could not store it; resend later
 
 
@@ -80,7 +83,9 @@ class ImagingService:
         self.hub = hub
         self.store = store
         self.zone = zone(hub.settings.default_timezone)
-        self._sync_lock = asyncio.Lock()
+        self._scheduled: set[str] = set()
+        self._kick = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -158,6 +163,43 @@ class ImagingService:
                 await self._sync(study_uid)
             except (FhirError, OSError, asyncpg.PostgresError) as error:
                 log.warning("ImagingStudy of study %s not written yet: %s", study_uid, error)
+
+    def schedule_sync(self, study_uids: Iterable[str]) -> None:
+        """Write these studies' ImagingStudy soon, in the background (on this event loop).
+
+        Requests that add to one study in quick succession (a STOW client sending a large
+        study in batches) are coalesced: each sync rewrites the whole ImagingStudy, so it is
+        done once the study has been quiet for ``SYNC_DEBOUNCE_SECONDS``. The instances are
+        stored, indexed and served by DICOMweb before this runs; should the process stop
+        first, ``sync_pending`` (the C-STORE receiver's loop, this syncer's sweep, or
+        ``yijian dicom sync``) finds the study pending in the index.
+        """
+        self._scheduled.update(study_uids)
+        self._kick.set()
+        if self._syncer is None or self._syncer.done():
+            self._syncer = asyncio.get_running_loop().create_task(
+                self._sync_scheduled(), name="imaging-study-sync"
+            )
+
+    async def _sync_scheduled(self) -> None:
+        while self._scheduled:
+            self._kick.clear()
+            loop = asyncio.get_running_loop()
+            started = loop.time()  # quiet for a moment, or at most SYNC_DELAY_SECONDS
+            with contextlib.suppress(TimeoutError):
+                while loop.time() - started < SYNC_DELAY_SECONDS:
+                    await asyncio.wait_for(self._kick.wait(), SYNC_DEBOUNCE_SECONDS)
+                    self._kick.clear()
+            batch, self._scheduled = self._scheduled, set()
+            await self.sync_studies(batch)
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await self.sync_pending(older_than=SWEEP_OLDER_THAN_SECONDS)
+
+    async def drain(self) -> None:
+        """Finish the scheduled syncs (at shutdown)."""
+        if self._syncer is not None and not self._syncer.done():
+            self._kick.set()
+            await self._syncer
 
     async def sync_pending(self, older_than: float = SYNC_DELAY_SECONDS, limit: int = 100) -> int:
         """Sync studies changed more than ``older_than`` seconds ago and not synced since."""

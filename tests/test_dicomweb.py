@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -968,3 +969,35 @@ def test_odd_input_is_never_a_server_error(
             "/studies", content=b"", headers={"Content-Type": "multipart/related; boundary=x"}
         )
         assert empty.status_code == 400
+
+
+def test_stow_in_batches_becomes_one_imaging_study(hub: HubUnderTest, hospital_a: Client) -> None:
+    """Each request is answered once stored and indexed; the ImagingStudy follows, written
+    once the study is quiet, with every instance of every request."""
+    study_uid, series = generate_uid(), generate_uid()
+    patient = f"P-{uuid.uuid4().hex[:10]}"
+    client = dicomweb(hub, hospital_a)
+    for number in range(1, 7, 2):
+        batch = [
+            copy_of(
+                "CT_small.dcm", study=study_uid, series=series, patient_id=patient, InstanceNumber=n
+            )
+            for n in (number, number + 1)
+        ]
+        response = client.store_instances(batch)
+        assert "FailedSOPSequence" not in response
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        bundle = hospital_a.get(
+            "ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}
+        ).json()
+        entries = bundle.get("entry") or []
+        if entries and entries[0]["resource"]["numberOfInstances"] == 6:
+            found = entries[0]["resource"]
+            break
+        time.sleep(0.2)
+    assert found, "no ImagingStudy with the six instances within 10 s"
+    assert [i["number"] for i in found["series"][0]["instance"]] == [1, 2, 3, 4, 5, 6]
+    subject = hospital_a.get(found["subject"]["reference"]).json()
+    assert subject["identifier"][0]["value"] == patient
