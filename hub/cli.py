@@ -1043,11 +1043,12 @@ def import_files(paths: tuple[str, ...], feed_id: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, help="HTTP port of the API")
 @click.option("--mllp-port", default=2575, show_default=True, help="HL7 v2 MLLP listener port")
-def demo(host: str, port: int, mllp_port: int) -> None:
+@click.option("--dicom-port", default=11112, show_default=True, help="DICOM C-STORE receiver port")
+def demo(host: str, port: int, mllp_port: int, dicom_port: int) -> None:
     """Run everything on one machine with demo data from several simulated hospitals."""
     from hub.demo import run_demo
 
-    run_demo(host, port, mllp_port)
+    run_demo(host, port, mllp_port, dicom_port)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import httpx
 import uvicorn
 
 import fhir_profiles
-from hub import logs
+from hub import demo_imaging, logs
 from hub.api.app import create_app
 from hub.lifecycle import exit_cleanly_after_shutdown
 from hub.settings import Settings, load_settings
@@ -275,6 +275,15 @@ DROPPED_MESSAGES = (
         ),
     ),
 )
+# The images of that CT, sent by hospital 3's CT room to the DICOM receiver.
+DEMO_STUDY = demo_imaging.DemoStudy(
+    patient_id="C3001",
+    name="赵^丽",
+    birth_date="19751205",
+    sex="F",
+    accession="CT20261121000101",
+    date="20261121",
+)
 # Written to DATA_DIR/demo/ for people to send themselves (mllp_send --loose --file ...).
 EXAMPLE_MESSAGE = DemoMessage(
     "DEMO-H2-LIS-TRY-0001",
@@ -377,23 +386,33 @@ def oru_message(message: DemoMessage, separator: str = "\r") -> bytes:
 # -- the demo process ----------------------------------------------------------------------------
 
 
-def run_demo(host: str, port: int, mllp_port: int | None = None) -> None:
-    """Run the demo until SIGINT/SIGTERM. ``mllp_port`` None: ``YIJIAN_MLLP_PORT`` (2575)."""
+def run_demo(
+    host: str, port: int, mllp_port: int | None = None, dicom_port: int | None = None
+) -> None:
+    """Run the demo until SIGINT/SIGTERM. ``mllp_port`` None: ``YIJIAN_MLLP_PORT`` (2575);
+    ``dicom_port`` None: ``YIJIAN_DICOM_PORT`` (11112)."""
     logs.configure("WARNING")
     settings = load_settings()
     if mllp_port is None:
         mllp_port = settings.mllp_port
-    if mllp_port == port:
-        raise click.ClickException(f"the API and the MLLP listener cannot share port {port}")
+    if dicom_port is None:
+        dicom_port = settings.dicom_port
+    if len({port, mllp_port, dicom_port}) < 3:
+        raise click.ClickException(
+            f"the API, the MLLP listener and the DICOM receiver need three ports, not"
+            f" {port}, {mllp_port} and {dicom_port}"
+        )
     # Before anything starts: a port in use is a message and exit status 1, not a traceback.
     _check_port(host, port, "the API", "--port")
     _check_port(host, mllp_port, "the MLLP listener", "--mllp-port")
+    if demo_imaging.receiver_available():
+        _check_port(host, dicom_port, "the DICOM receiver", "--dicom-port")
     url = resolve_database_url(settings)
     os.environ["YIJIAN_DATABASE_URL"] = url
     upgrade(url)
     exit_cleanly_after_shutdown()  # so the embedded PostgreSQL is stopped on Ctrl-C/SIGTERM
     try:
-        asyncio.run(_demo(host, port, mllp_port, url))
+        asyncio.run(_demo(host, port, mllp_port, dicom_port, url))
     finally:
         exit_cleanly_after_shutdown()  # the event loop's signal handlers are gone again
 
@@ -436,10 +455,18 @@ class _Parts:
     folders_task: asyncio.Task[None] | None = None
     worker: subprocess.Popen[bytes] | None = None
     worker_log: Path | None = None
+    dicom: subprocess.Popen[bytes] | None = None
+    dicom_log: Path | None = None
+    dicom_port: int = 0
+
+    def children(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.worker, self.dicom) if p is not None]
 
     async def stop(self) -> None:
         if self.worker is not None and self.worker.poll() is None:
             self.worker.terminate()  # Celery's warm shutdown, alongside the rest
+        if self.dicom is not None and self.dicom.poll() is None:
+            self.dicom.terminate()  # finishes open associations, writes pending studies
         if self.mllp is not None:
             await self.mllp.stop()
         self.folders_stop.set()
@@ -453,6 +480,7 @@ class _Parts:
             await self.hub.database.dispose()
         if self.worker is not None:
             await _wait_for_worker(self.worker)
+        await demo_imaging.stop_receiver(self.dicom)
 
 
 async def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -464,7 +492,7 @@ async def _wait_for_worker(worker: subprocess.Popen[bytes]) -> None:
         await asyncio.to_thread(worker.wait)
 
 
-async def _demo(host: str, port: int, mllp_port: int, url: str) -> None:
+async def _demo(host: str, port: int, mllp_port: int, dicom_port: int, url: str) -> None:
     from hub.runtime import Hub
 
     settings = load_settings(database_url=url)
@@ -474,15 +502,16 @@ async def _demo(host: str, port: int, mllp_port: int, url: str) -> None:
             create_app(settings, hub), host=host, port=port, log_config=None, access_log=False
         )
     )
-    parts = _Parts(hub, server)
+    parts = _Parts(hub, server, dicom_port=dicom_port)
     stop = asyncio.Event()
 
     def on_signal() -> None:
         if stop.is_set():  # a second Ctrl-C: do not wait for connections or the worker
             server.force_exit = True
-            if parts.worker is not None and parts.worker.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(parts.worker.pid, signal.SIGKILL)
+            for child in parts.children():
+                if child.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.pid, signal.SIGKILL)
         stop.set()
 
     loop = asyncio.get_running_loop()
@@ -531,6 +560,11 @@ async def _start(
     credentials = await _register(hub)
     backfill = await _register_feeds(hub, credentials, data_dir)
     parts.worker, parts.worker_log = _start_worker(url, data_dir)
+    if demo_imaging.receiver_available():
+        await demo_imaging.register_ae(hub, credentials[f"hospital:{HOSPITALS[2].code}"]["org"])
+        parts.dicom, parts.dicom_log = demo_imaging.start_receiver(
+            url, data_dir, host, parts.dicom_port
+        )
     parts.server_task = asyncio.create_task(parts.server.serve())
     while not parts.server.started:
         if parts.server_task.done():
@@ -553,6 +587,10 @@ async def _start(
     inbound.backfill = backfill
     inbound.example = _write_example(data_dir)
     inbound.cds_example = _write_cds_example(data_dir)
+    if parts.dicom is not None:
+        inbound.images = await demo_imaging.send_study(
+            _client_host(host), parts.dicom_port, DEMO_STUDY
+        )
     _print_banner(base, credentials, loaded, url, inbound, parts)
 
 
@@ -708,6 +746,7 @@ class _Inbound:
     backfill: int = 0
     example: Path | None = None
     cds_example: Path | None = None
+    images: int = 0  # CT slices stored by the DICOM receiver
 
 
 async def _send_hl7(hub: Hub, host: str, port: int, data_dir: Path) -> _Inbound:
@@ -1026,6 +1065,17 @@ def _print_banner(
         f"  CDS Hooks            {base}/cds-services  (exam-reuse: order-select;"
         " exam-reuse-sign: order-sign)",
         f"  HL7 v2 MLLP          {mllp}  (ORU^R01; MSH-4 chooses the feed; ACK after commit)",
+        *(
+            [
+                f"  DICOM C-STORE        {_client_host(parts.mllp.host)}:{parts.dicom_port}"
+                f" AE {demo_imaging.SCP_AE}  (calling AE"
+                f" {demo_imaging.DICOM_AE}: hospital 3; log: {parts.dicom_log})",
+                f"  DICOMweb             {base}/dicomweb  (QIDO-RS, WADO-RS, STOW-RS; WADO-URI"
+                " at /wado)",
+            ]
+            if parts.dicom is not None
+            else []
+        ),
         f"  Drop folder          {_drop_folder(data_dir, FEEDS[2])}/  (*.hl7 of {FEEDS[2].feed})",
         f"  Worker               yijian worker --beat, pid {parts.worker.pid}"
         f"  (log: {parts.worker_log})",
@@ -1043,9 +1093,15 @@ def _print_banner(
         "                       (fixed control ids: a re-run is answered from the message log,"
         " nothing is stored twice)",
     ]
+    if parts.dicom is not None:
+        lines.append(
+            f"                       DICOM: {inbound.images} of {demo_imaging.SLICES} CT slices"
+            " of 赵丽 stored (hospital 3; linked to its CT report by accession number)"
+        )
     lines += [f"  ! not accepted: {problem}" for problem in inbound.problems]
     lines += [
-        "  Not yet in this build: DICOM receiver, web workstation",
+        "  Not yet in this build: web workstation"
+        + ("" if parts.dicom is not None else ", DICOM receiver (imaging package missing)"),
         "",
         "Feeds (PID-3 authorities: DEMO-Hn → the hospital's MRN, SFZ → resident ID):",
     ]
@@ -1101,6 +1157,18 @@ def _print_banner(
         "  # same message again is acknowledged again and stored once):",
         f"  {_command('mllp_send')} --loose --file {inbound.example} --port {parts.mllp.port}"
         f" {_client_host(parts.mllp.host)}",
-        "",
     ]
+    if parts.dicom is not None:
+        lines += [
+            "  # imaging: 赵丽's chest CT, found by DICOMweb QIDO and as a FHIR ImagingStudy",
+            f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/dicomweb/studies?'
+            f"PatientID={DEMO_STUDY.patient_id}&AccessionNumber={DEMO_STUDY.accession}'"
+            " | python3 -m json.tool",
+            f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/ImagingStudy?'
+            f"_include=ImagingStudy:subject&_pretty=true'",
+            "  # send DICOM files yourself (dcmtk's storescu, as the CT room's AE title):",
+            f"  storescu -aet {demo_imaging.DICOM_AE} -aec {demo_imaging.SCP_AE}"
+            f" {_client_host(parts.mllp.host)} {parts.dicom_port} FILE.dcm",
+        ]
+    lines.append("")
     print("\n".join(lines), flush=True)

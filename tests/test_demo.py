@@ -24,12 +24,23 @@ WANG_FANG = f"{RESIDENT_ID}|330102198603140020"
 RADIOLOGY = "http://loinc.org|LP29684-5"
 
 
-def _start(directory: Path, port: int, mllp_port: int) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    directory: Path, port: int, mllp_port: int, dicom_port: int
+) -> tuple[subprocess.Popen[str], str]:
     """The demo as a process, and its banner once it is printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIJIAN_")}
     env["YIJIAN_DATA_DIR"] = str(directory / "var")
     process = subprocess.Popen(
-        [YIJIAN, "demo", "--port", str(port), "--mllp-port", str(mllp_port)],
+        [
+            YIJIAN,
+            "demo",
+            "--port",
+            str(port),
+            "--mllp-port",
+            str(mllp_port),
+            "--dicom-port",
+            str(dicom_port),
+        ],
         env=env,
         cwd=directory,
         stdout=subprocess.PIPE,
@@ -82,7 +93,14 @@ def _search(base: str, token: str, resource_type: str, **params: str) -> dict[st
 def _counts(base: str, token: str) -> dict[str, int]:
     return {
         kind: _search(base, token, kind, _summary="count")["total"]
-        for kind in ("Patient", "Observation", "DiagnosticReport", "ServiceRequest", "Specimen")
+        for kind in (
+            "Patient",
+            "Observation",
+            "DiagnosticReport",
+            "ServiceRequest",
+            "Specimen",
+            "ImagingStudy",
+        )
     }
 
 
@@ -123,14 +141,18 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
     mllp_port = _free_port()
     while mllp_port == port:
         mllp_port = _free_port()
+    dicom_port = _free_port()
+    while dicom_port in (port, mllp_port):
+        dicom_port = _free_port()
     base = f"http://127.0.0.1:{port}"
 
-    process, banner = _start(directory, port, mllp_port)
+    process, banner = _start(directory, port, mllp_port, dicom_port)
     try:
         assert "embedded PostgreSQL" in banner
         assert f"HL7 v2 MLLP          127.0.0.1:{mllp_port}" in banner
         assert "5 of 5 acknowledged AA, 5 new this run" in banner, banner
-        assert "Not yet in this build: DICOM receiver, web workstation" in banner
+        assert f"DICOM C-STORE        127.0.0.1:{dicom_port} AE YIJIAN" in banner
+        assert "DICOM: 3 of 3 CT slices of 赵丽 stored" in banner, banner
         for feed in ("demo-h1-lis", "demo-h2-lis", "demo-h3-ris"):
             assert feed in banner
         token = _token(base, banner)
@@ -176,6 +198,30 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         assert "磨玻璃结节" in ct["conclusion"]
         assert (directory / "var" / "drop" / "DEMO-H3" / "processed").is_dir()
 
+        # Its images came in over DICOM from the CT room: found by QIDO, and as an
+        # ImagingStudy of the same patient linked to the report by the accession number.
+        qido = httpx.get(
+            f"{base}/dicomweb/studies",
+            params={"AccessionNumber": "CT20261121000101"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert qido.status_code == 200, qido.text
+        [found_study] = qido.json()
+        assert found_study["00201208"]["Value"] == [3]  # NumberOfStudyRelatedInstances
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            linked = _search(base, token, "DiagnosticReport", category=RADIOLOGY)["entry"]
+            if linked[0]["resource"].get("imagingStudy"):
+                break
+            time.sleep(0.5)
+        [reference] = linked[0]["resource"]["imagingStudy"]
+        study = httpx.get(
+            f"{base}/fhir/{reference['reference']}",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        assert study["numberOfInstances"] == 3
+        assert study["subject"] == ct["subject"]
+
         # The listener answers a message of its own: AA, and AA again for the same message.
         assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
         assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
@@ -184,9 +230,10 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         _stop(process)
 
     # A second start on the same data: everything acknowledged again, nothing stored twice.
-    process, banner = _start(directory, port, mllp_port)
+    process, banner = _start(directory, port, mllp_port, dicom_port)
     try:
         assert "FHIR: 0 resources created this run" in banner, banner
+        assert "DICOM: 3 of 3 CT slices of 赵丽 stored" in banner, banner  # repeats: same
         assert "5 of 5 acknowledged AA, 0 new this run" in banner, banner
         token = _token(base, banner)
         assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
