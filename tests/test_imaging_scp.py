@@ -20,6 +20,7 @@ from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.conftest import Client, HubUnderTest
+from tests.identity_support import RESIDENT, create, fresh_people, person, source
 from tests.imaging_support import (
     SCP_AE,
     dataset_bytes,
@@ -329,6 +330,43 @@ def test_a_study_of_an_unknown_patient_creates_the_hospitals_patient_record(
     assert patient["identifier"][0]["value"] == mrn
     assert patient["name"][0]["text"] == "张伟"
     assert patient["birthDate"] == "1980-02-14" and patient["gender"] == "male"
+
+
+def test_issuer_of_patient_id_maps_to_the_resident_id_and_links_to_the_person(
+    hub: HubUnderTest, hospital_a: Client, hospital_b: Client, doctor: Client, tmp_path: Path
+) -> None:
+    """A PACS sending the ID card number as Patient ID (Issuer of Patient ID 'SFZ'): the study
+    belongs to the person another hospital knows by the same number."""
+    someone = person(fresh_people())
+    known = create(hospital_b, source(someone, hospital_b.organization))  # hospital B's record
+    hub.cli(
+        "dicom",
+        "ae",
+        "add",
+        "PACS-A-SFZ",
+        "--organization",
+        hospital_a.organization,
+        "--issuer",
+        "SFZ=resident-id",
+    )
+    path = fresh_copy(
+        "CT_small.dcm",
+        tmp_path,
+        PatientID=someone.resident_id,
+        IssuerOfPatientID="SFZ",
+        PatientName=f"{someone.family}^{someone.given}",
+        SpecificCharacterSet="ISO_IR 192",
+    )
+    study_uid = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    with storage_scp(hub) as port:
+        assert send(port, [path], title="PACS-A-SFZ")[0].Status == SUCCESS
+    study = wait_for(lambda: imaging_study(hospital_a, study_uid))
+    assert study is not None
+    patient = hospital_a.get(study["subject"]["reference"]).json()
+    assert any(i["system"] == RESIDENT for i in patient["identifier"])
+    # The doctor finds the study by hospital B's patient: one person, two hospitals.
+    found = doctor.get("ImagingStudy", params={"patient": f"Patient/{known}"}).json()
+    assert study["id"] in [e["resource"]["id"] for e in found.get("entry", [])]
 
 
 @pytest.mark.parametrize(
