@@ -228,6 +228,24 @@ def ae_remove(ae_title: str) -> None:
     click.echo(f"{title} removed")
 
 
+@dicom.command("init-store")
+def init_store() -> None:
+    """Prepare the object store (create the S3 bucket if missing) and check it round-trips."""
+    from imaging.stores import object_store
+
+    settings = _prepare_service(migrate=False)
+    store = object_store(settings)
+    ensure = getattr(store, "ensure_bucket", None)
+    if ensure is not None:
+        ensure()
+    probe = store.put_chunks([b"yijian object store probe"])
+    with store.open(probe.key) as read_back:
+        if read_back.read() != b"yijian object store probe":
+            raise click.ClickException("the object store returned other bytes than written")
+    store.delete(probe.key)
+    click.echo(f"object store ready: {settings.object_store}")
+
+
 @dicom.command("sync")
 def sync() -> None:
     """Write every pending ImagingStudy now (normally the receiver does it within seconds)."""

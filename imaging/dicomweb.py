@@ -85,7 +85,7 @@ from imaging.qido import (
     search,
 )
 from imaging.service import PROCESSING_FAILURE, Received, Refused, Sender, imaging_service
-from imaging.store import CHUNK, ObjectStore
+from imaging.store import CHUNK, ObjectStore, open_seekable
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ async def _file_chunks(store: ObjectStore, key: str) -> AsyncIterator[bytes]:
 
 
 def _with_object(store: ObjectStore, key: str, work: Callable[[BinaryIO], Any]) -> Any:
-    with store.open(key) as source:
+    with open_seekable(store, key) as source:
         return work(source)
 
 

@@ -23,6 +23,7 @@ import pydicom
 from hub.runtime import Hub
 from imaging.deidentify import UidMapper, deidentify
 from imaging.service import imaging_service
+from imaging.store import open_seekable
 
 
 class StudyNotFound(LookupError):
@@ -77,7 +78,7 @@ async def deidentified_study(
     for row in rows:
 
         def one(object_key: str = row["object_key"]) -> tuple[str, bytes]:
-            with service.store.open(object_key) as source:
+            with open_seekable(service.store, object_key) as source:
                 dataset = pydicom.dcmread(source)
             clean = deidentify(
                 dataset, uid_map=mapper, patient_pseudonym=name, keep_dates=keep_dates

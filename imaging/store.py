@@ -9,6 +9,7 @@ backend (a local directory). An S3-compatible backend implements the same interf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -128,3 +129,24 @@ async def aread_chunks(source: BinaryIO, size: int = CHUNK) -> AsyncIterator[byt
     """The same, for an ASGI streaming response (the reads are local and short)."""
     for chunk in read_chunks(source, size):
         yield chunk
+
+
+SPOOL_IN_MEMORY = 8 * CHUNK  # a remote object larger than this is copied to a temporary file
+
+
+@contextlib.contextmanager
+def open_seekable(store: ObjectStore, key: str) -> Iterator[BinaryIO]:
+    """The object as a seekable stream (what pydicom needs to read a file).
+
+    A local file is seekable as it is; a remote object (S3's response body is not) is first
+    copied, chunk by chunk, into a temporary file that stays in memory only when small.
+    """
+    with store.open(key) as source:
+        if source.seekable():
+            yield source
+            return
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as copy:
+            while chunk := source.read(CHUNK):
+                copy.write(chunk)
+            copy.seek(0)
+            yield copy  # type: ignore[misc]

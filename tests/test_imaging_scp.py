@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from imaging.s3store import S3Store
 from tests.conftest import Client, HubUnderTest
 from tests.identity_support import RESIDENT, create, fresh_people, person, source
 from tests.imaging_support import (
@@ -30,6 +31,7 @@ from tests.imaging_support import (
     stored_bytes,
     wait_for,
 )
+from tests.test_imaging_s3store import endpoint  # noqa: F401 (the moto S3 server fixture)
 
 A_AE, B_AE = "CT-ROOM-A", "PACS-B"
 SUCCESS = 0x0000
@@ -299,9 +301,9 @@ def test_a_study_becomes_an_imaging_study_linked_to_patient_and_report(
     assert only_series["uid"] == series
     assert only_series["bodySite"]["code"] == "51185008"  # SNOMED chest: recognition's code
     assert [i["number"] for i in only_series["instance"]] == [1, 2, 3]
-    endpoint = hospital_a.get(study["endpoint"][0]["reference"]).json()
-    assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
-    assert endpoint["address"].endswith("/dicomweb")
+    dicomweb = hospital_a.get(study["endpoint"][0]["reference"]).json()
+    assert dicomweb["connectionType"]["code"] == "dicom-wado-rs"
+    assert dicomweb["address"].endswith("/dicomweb")
     linked = hospital_a.get(f"DiagnosticReport/{report.json()['id']}").json()
     assert {"reference": f"ImagingStudy/{study['id']}"} in linked["imagingStudy"]
     # A doctor elsewhere finds it through the patient's master record.
@@ -428,3 +430,38 @@ def test_dcmtk_storescu(scp: int, hub: HubUnderTest, tmp_path: Path) -> None:
     )
     assert refused.returncode != 0
     assert "Rejected" in refused.stderr or "rejected" in refused.stderr.lower()
+
+
+def test_a_receiver_on_s3_stores_there_and_exports_from_there(
+    hub: HubUnderTest,
+    hospital_a: Client,
+    endpoint: str,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """The second backend end to end: the bucket made by `yijian dicom init-store`, a C-STORE
+    stored in it byte for byte, and a de-identified export read back from it."""
+    bucket = f"dicom-{uuid.uuid4().hex[:12]}"
+    s3 = {
+        "YIJIAN_OBJECT_STORE": "s3",
+        "YIJIAN_S3_ENDPOINT_URL": endpoint,
+        "YIJIAN_S3_BUCKET": bucket,
+        "YIJIAN_S3_ACCESS_KEY_ID": "test",
+        "YIJIAN_S3_SECRET_ACCESS_KEY": "test",
+    }
+    hub.cli("dicom", "ae", "add", "S3-ROOM", "--organization", hospital_a.organization)
+    path = fresh_copy("MR_small_RLE.dcm", tmp_path, PatientID="S3-1")
+    original = pydicom.dcmread(path, stop_before_pixels=True)
+    on_s3 = HubUnderTest(**{**hub.__dict__, "env": {**hub.env, **s3}})
+    on_s3.cli("dicom", "init-store")
+    with storage_scp(on_s3) as port:
+        assert send(port, [path], title="S3-ROOM")[0].Status == SUCCESS
+    row = instance_row(hub, original.SOPInstanceUID)
+    store = S3Store(bucket, endpoint_url=endpoint, access_key_id="test", secret_access_key="test")
+    with store.open(row["object_key"]) as stored:
+        assert dataset_bytes(path) in stored.read()
+    out = tmp_path / "export"
+    on_s3.cli("dicom", "export", original.StudyInstanceUID, "--out", str(out))
+    [exported] = list(out.iterdir())
+    clean = pydicom.dcmread(exported)
+    assert clean.PatientID != "S3-1" and clean.SOPInstanceUID != original.SOPInstanceUID
+    assert clean.PixelData == pydicom.dcmread(path).PixelData
