@@ -17,6 +17,7 @@ import click
 
 from hub.cli import _Admin, _admin_command, _prepare_service
 
+PATIENT_NUMBER_KINDS = ("mrn", "outpatient", "inpatient")  # a hospital's own patient numbers
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE: no backslash, no controls
 
 
@@ -139,7 +140,7 @@ def ae_add(
         issuer, sep, system = item.partition("=")
         if not sep or not issuer.strip() or not system.strip():
             raise click.BadParameter(f"{item!r} is not ISSUER=SYSTEM", param_hint="--issuer")
-        mapping[issuer.strip()] = system.strip()
+        mapping[issuer.strip()] = _issuer_target(system.strip())
 
     async def work(admin: _Admin) -> dict[str, Any]:
         async with admin.hub.database.connection() as conn:
@@ -175,6 +176,26 @@ def ae_add(
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
         click.echo(f"{title} sends for Organization/{organization}")
+
+
+def _issuer_target(target: str) -> str:
+    """An identifier system the hub knows how to use: a URI, a NamingSystem id, or a hospital
+    number kind. A typo here would make every study of the AE unpublishable."""
+    from hub.identity.identifiers import ORGANIZATION_KINDS, IdentifierSystems
+
+    if ":" in target or target in {"mrn", "outpatient", "inpatient"}:
+        return target
+    try:
+        IdentifierSystems.default().by_key(target)
+    except KeyError:
+        kinds = ", ".join(
+            sorted(k for k in ORGANIZATION_KINDS if k in {"mrn", "outpatient", "inpatient"})
+        )
+        raise click.BadParameter(
+            f"{target!r} is neither a URI, a NamingSystem id (e.g. resident-id) nor {kinds}",
+            param_hint="--issuer",
+        ) from None
+    return target
 
 
 @ae.command("list")
@@ -226,6 +247,34 @@ def ae_remove(ae_title: str) -> None:
     if _admin_command(work) is None:
         raise click.ClickException(f"no calling AE title {title!r}")
     click.echo(f"{title} removed")
+
+
+@dicom.command("refused")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def refused(limit: int, as_json: bool) -> None:
+    """Instances the hub refused, newest first: who sent them, the status and why (each
+    file is kept in the object store under its key)."""
+
+    async def work(admin: _Admin) -> list[dict[str, Any]]:
+        async with admin.hub.database.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, received_at, organization, sender, channel, peer, status, reason,"
+                " sop_instance_uid, study_uid, object_key, size FROM dicom_refused"
+                " ORDER BY id DESC LIMIT $1",
+                limit,
+            )
+        return [{**dict(r), "received_at": r["received_at"].isoformat()} for r in rows]
+
+    rows = _admin_command(work)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['id']:>6} {row['received_at'][:19]} {row['sender']:<16} 0x{row['status']:04X}"
+            f" {row['reason'][:90]}"
+        )
 
 
 @dicom.command("init-store")

@@ -46,6 +46,14 @@ class StudyOwner:
     organization: str
 
 
+# Senders of one SOP Instance UID (or into one study) take turns: without it two transactions
+# would both find no row and both answer success, the later one silently overwriting.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('dicom:' || $1, 0))"
+
+_EXISTING_STUDY = """
+SELECT organization, patient_id, issuer FROM dicom_study WHERE study_uid = $1 FOR UPDATE
+"""
+
 _INSTANCE = """
 SELECT object_key, version, study_uid, series_uid, size, transfer_syntax, received_from,
        received_at
@@ -59,8 +67,6 @@ INSERT INTO dicom_study (study_uid, organization, patient_id, issuer, patient_na
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
         CASE WHEN $16::text IS NULL THEN '{}'::text[] ELSE ARRAY[$16::text] END)
 ON CONFLICT (study_uid) DO UPDATE SET
-    patient_id  = COALESCE(EXCLUDED.patient_id, dicom_study.patient_id),
-    issuer      = COALESCE(EXCLUDED.issuer, dicom_study.issuer),
     patient_name = COALESCE(EXCLUDED.patient_name, dicom_study.patient_name),
     name_search = CASE WHEN EXCLUDED.patient_name IS NULL THEN dicom_study.name_search
                        ELSE EXCLUDED.name_search END,
@@ -118,6 +124,20 @@ ON CONFLICT DO NOTHING
 """
 
 
+# An instance replaced into another series may leave its old series empty.
+_DROP_EMPTY_SERIES = """
+DELETE FROM dicom_series s WHERE s.series_uid = $1
+AND NOT EXISTS (SELECT 1 FROM dicom_instance i WHERE i.series_uid = s.series_uid)
+"""
+
+_MODALITIES = """
+UPDATE dicom_study SET modalities = coalesce((
+    SELECT array_agg(DISTINCT modality ORDER BY modality) FROM dicom_series
+    WHERE study_uid = $1 AND modality IS NOT NULL), '{}')
+WHERE study_uid = $1
+"""
+
+
 class InstanceIndex:
     """Study, series and instance rows for received instances (one connection)."""
 
@@ -144,6 +164,24 @@ class InstanceIndex:
         resend: Literal["replace", "keep"],
     ) -> Indexed:
         """Index one stored instance (in the caller's transaction); Refused when it may not."""
+        await self.connection.execute(_LOCK, header.study_uid)
+        await self.connection.execute(_LOCK, header.sop_instance_uid)
+        study_row = await self.connection.fetchrow(_EXISTING_STUDY, header.study_uid)
+        if study_row is not None:
+            if study_row["organization"] != organization:
+                raise Refused(
+                    f"the study belongs to another hospital: {header.study_uid}", NOT_AUTHORIZED
+                )
+            if (study_row["patient_id"], study_row["issuer"]) != (
+                header.patient_id,
+                header.issuer_of_patient_id,
+            ):
+                raise Refused(
+                    "the Patient ID differs from the study's other instances"
+                    f" ({study_row['patient_id']!r}, this one {header.patient_id!r}): send the"
+                    " study again with one patient, or correct it at the modality",
+                    DATASET_DOES_NOT_MATCH,
+                )
         existing = await self.connection.fetchrow(_INSTANCE, header.sop_instance_uid)
         version = 1
         replaced: str | None = None
@@ -151,9 +189,8 @@ class InstanceIndex:
             if existing["object_key"] == object_key:
                 return Indexed("repeat", int(existing["version"]))
             if existing["study_uid"] != header.study_uid:
-                raise Refused(
-                    f"SOP Instance {header.sop_instance_uid} is already stored in study "
-                    f"{existing['study_uid']}; it cannot move to study {header.study_uid}",
+                raise Refused(  # which study is not said: it may be another hospital's
+                    "this SOP Instance UID is already stored in another study",
                     DATASET_DOES_NOT_MATCH,
                 )
             if resend == "keep":
@@ -235,17 +272,10 @@ class InstanceIndex:
             orjson.dumps(header.metadata).decode(),
             received_from,
         )
+        if existing is not None and existing["series_uid"] != header.series_uid:
+            await self.connection.execute(_DROP_EMPTY_SERIES, existing["series_uid"])
+            await self.connection.execute(_MODALITIES, header.study_uid)
         return Indexed("replaced" if replaced else "stored", version, replaced)
-
-    async def referenced(self, object_key: str) -> bool:
-        """Whether any instance (current or earlier version) is stored as this object."""
-        return bool(
-            await self.connection.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM dicom_instance WHERE object_key = $1)"
-                " OR EXISTS (SELECT 1 FROM dicom_instance_version WHERE object_key = $1)",
-                object_key,
-            )
-        )
 
 
 def _text(metadata: dict[str, Any], tag: str) -> str | None:

@@ -61,6 +61,7 @@ BAD_REQUEST = 400
 NOT_FOUND = 404
 NOT_ACCEPTABLE = 406
 UNPROCESSABLE = 422
+SERVICE_UNAVAILABLE = 503
 
 NATIVE_MEDIA_TYPE = "application/octet-stream"
 RENDERED_MEDIA_TYPES = frozenset({"image/png", "image/jpeg"})
@@ -174,6 +175,7 @@ def frames(source: bytes | BinaryIO, numbers: Sequence[int]) -> Frames:
     pixels = _require_pixels(instance)
     count = frame_count(instance.dataset)
     indices = [_frame_index(number, count) for number in numbers]
+    _check_total(instance, pixels, len(indices))
     if pixels.length is not None:
         return Frames(
             media_type=NATIVE_MEDIA_TYPE,
@@ -187,6 +189,28 @@ def frames(source: bytes | BinaryIO, numbers: Sequence[int]) -> Frames:
         transfer_syntax=str(instance.syntax),
         frames=[found[index] for index in indices],
     )
+
+
+MAX_FRAMES_BYTES = 512 << 20  # one frames request answers at most this much
+
+
+def _check_total(instance: _Instance, pixels: _Pixels, requested: int) -> None:
+    """A frames answer is built in memory: bound it (a list repeating one large frame
+    thousands of times would otherwise take gigabytes)."""
+    if pixels.length is not None:
+        count = max(frame_count(instance.dataset), 1)
+        per_frame = pixels.length // count
+    else:  # compressed: the pixel data's share of the file, per frame
+        here = pixels.stream.tell()
+        end = pixels.stream.seek(0, 2)
+        pixels.stream.seek(here)
+        per_frame = (end - pixels.offset) // max(frame_count(instance.dataset), 1)
+    if per_frame * requested > MAX_FRAMES_BYTES:
+        raise RenderError(
+            f"{requested} frames of about {per_frame >> 10} KiB are more than one request may"
+            f" ask for ({MAX_FRAMES_BYTES >> 20} MiB); ask for fewer at a time",
+            BAD_REQUEST,
+        )
 
 
 def render(
@@ -508,10 +532,28 @@ def _render_frame(
     return _colour(instance.dataset, array, photometric)
 
 
+MAX_DECODED_FRAME_BYTES = 256 << 20  # no real image frame comes near: 8k × 8k × RGB × 16 bits
+
+
+def _check_frame_size(dataset: Any) -> None:
+    """Refuse to decode a frame whose declared size no image has (a header saying 40000 ×
+    40000 over a few kilobytes of JPEG would otherwise allocate gigabytes)."""
+    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+    samples = int(dataset.get("SamplesPerPixel") or 1)
+    bits = int(dataset.get("BitsAllocated") or 8)
+    size = rows * columns * samples * max(8, bits) // 8
+    if size > MAX_DECODED_FRAME_BYTES:
+        raise RenderError(
+            f"a frame of {rows} × {columns} × {samples} samples of {bits} bits"
+            f" ({size >> 20} MiB decoded) is larger than this hub renders"
+        )
+
+
 def _decode(instance: _Instance, pixels: _Pixels, index: int) -> tuple[np.ndarray, str]:
     """One frame decoded by pydicom, and its photometric interpretation after decoding
     (pydicom converts YBR_FULL/YBR_FULL_422 to RGB, and J2K decoders undo YBR_RCT/ICT)."""
     dataset = instance.dataset
+    _check_frame_size(dataset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -545,6 +587,10 @@ def _decode(instance: _Instance, pixels: _Pixels, index: int) -> tuple[np.ndarra
         warnings.simplefilter("ignore")
         try:
             array, properties = decoder.as_array(source, index=frame_index, **options)
+        except MemoryError:
+            raise RenderError(
+                f"frame {index + 1} is too large to decode now", SERVICE_UNAVAILABLE
+            ) from None
         except (RuntimeError, ValueError, NotImplementedError, EOFError) as error:
             reason = " ".join(str(error).split())  # pydicom lists each plugin on a line
             raise RenderError(

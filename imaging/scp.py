@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -37,6 +37,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hub.runtime import Hub
+from hub.security.audit import AuditRecord, AuditUnavailable
+from hub.security.principals import ClientKind
 from hub.settings import Settings
 from imaging.dataset import InvalidInstance
 from imaging.index import NOT_AUTHORIZED, Refused
@@ -69,6 +71,17 @@ RECEIVE_TIMEOUT_SECONDS = 600.0
 _NOBODY = "-NO-AE-REGISTERED"[:16]
 
 
+@dataclass
+class _Session:
+    """One association: who called, from where, and what came of it (for its audit record)."""
+
+    calling: str
+    peer: str
+    stored: int = 0
+    refused: list[str] = field(default_factory=list)
+    studies: set[str] = field(default_factory=set)
+
+
 @dataclass(frozen=True)
 class CallingAE:
     ae_title: str
@@ -88,8 +101,8 @@ class StorageReceiver:
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="hub-loop", daemon=True)
         self._callers: dict[str, CallingAE] = {}
-        self._studies: dict[int, set[str]] = {}  # association id → studies it added to
-        self._studies_lock = threading.Lock()
+        self._sessions: dict[int, _Session] = {}  # association id → what it did
+        self._sessions_lock = threading.Lock()
         self._server: Any = None
         self._tasks: list[asyncio.Future[Any]] = []
         self.hub: Hub | None = None
@@ -118,6 +131,7 @@ class StorageReceiver:
             (evt.EVT_CONN_OPEN, _prompt_acknowledgements),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
@@ -201,27 +215,77 @@ class StorageReceiver:
             await asyncio.sleep(SYNC_INTERVAL_SECONDS)
             try:
                 await self.service.sync_pending()
-            except (OSError, asyncpg.PostgresError) as error:
-                log.warning("pending ImagingStudies not written: %s", error)
+            except Exception:  # the loop must outlive any one failure
+                log.exception("pending ImagingStudies not written")
+
+    def _session(self, event: evt.Event) -> _Session:
+        with self._sessions_lock:
+            found = self._sessions.get(id(event.assoc))
+            if found is None:
+                found = self._sessions[id(event.assoc)] = _Session(
+                    _calling_title(event), str(event.assoc.requestor.address)
+                )
+            return found
 
     def _on_end(self, event: evt.Event) -> None:
-        """An association ended: write the ImagingStudy of every study it added to."""
-        with self._studies_lock:
-            studies = self._studies.pop(id(event.assoc), None)
-        if studies and self.service is not None:
-            asyncio.run_coroutine_threadsafe(self.service.sync_studies(studies), self.loop)
+        """An association ended: audit what it did, write the ImagingStudy of its studies."""
+        with self._sessions_lock:
+            session = self._sessions.pop(id(event.assoc), None)
+        if session is None or self.service is None:
+            return
+        if session.studies:
+            asyncio.run_coroutine_threadsafe(self.service.sync_studies(session.studies), self.loop)
+        caller = self._callers.get(session.calling)
+        asyncio.run_coroutine_threadsafe(
+            self._audit(session, caller.organization if caller else None), self.loop
+        )
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        """An association refused (unknown calling AE, wrong called AE): audited too."""
+        session = _Session(_calling_title(event), str(event.assoc.requestor.address))
+        session.refused.append("association rejected: calling or called AE title not known")
+        asyncio.run_coroutine_threadsafe(self._audit(session, None, status=403), self.loop)
+
+    async def _audit(
+        self, session: _Session, organization: str | None, status: int | None = None
+    ) -> None:
+        assert self.hub is not None
+        if status is None:
+            status = 201 if not session.refused else (207 if session.stored else 422)
+        detail = f"{session.stored} instances stored, {len(session.refused)} refused"
+        if session.refused:
+            detail += ": " + "; ".join(session.refused[:20])
+        record = AuditRecord.for_status(
+            status,
+            action="C",
+            interaction="dicom-store",
+            client_id=f"dicom-ae:{session.calling}",
+            client_kind=str(ClientKind.HOSPITAL),
+            organization=organization,
+            source_ip=session.peer,
+            request_id=None,
+            patients=[],
+            entities=[f"urn:oid:{uid}" for uid in sorted(session.studies)][:1000],
+            detail=detail[:4000],
+        )
+        try:
+            await self.hub.audit.record(record)
+        except AuditUnavailable:
+            log.exception("audit record of an association from %s", session.calling)
 
     # -- C-STORE ------------------------------------------------------------------------------
 
     def _on_store(self, event: evt.Event) -> Dataset:
         """Store one instance; the answer is its status (and why, in Error Comment)."""
         assert self.service is not None
-        calling = _calling_title(event)
+        session = self._session(event)
+        calling, peer = session.calling, session.peer
         caller = self._callers.get(calling)
-        peer = str(event.assoc.requestor.address)
         if caller is None:
+            session.refused.append("AE title not registered (any more)")
             return _status(NOT_AUTHORIZED, f"calling AE title {calling} is not registered")
         if caller.hosts is not None and peer not in caller.hosts:
+            session.refused.append(f"not allowed from {peer}")
             return _status(NOT_AUTHORIZED, f"{calling} may not send from {peer}")
         sender = Sender(caller.organization, calling, "dimse", peer)
         try:
@@ -229,20 +293,20 @@ class StorageReceiver:
                 received = self._call(
                     self.service.receive(source, sender), timeout=RECEIVE_TIMEOUT_SECONDS
                 )
-        except InvalidInstance as error:
+        except (InvalidInstance, Refused) as error:
             log.info("C-STORE from %s refused: %s", calling, error.reason)
-            return _status(error.status, error.reason)
-        except Refused as error:
-            log.info("C-STORE from %s refused: %s", calling, error.reason)
+            session.refused.append(f"0x{error.status:04X} {error.reason[:200]}")
             return _status(error.status, error.reason)
         except (OSError, asyncpg.PostgresError, FutureTimeout) as error:
             log.warning("C-STORE from %s not stored: %s", calling, error)
+            session.refused.append("not stored: the hub could not store it then")
             return _status(OUT_OF_RESOURCES, "the hub cannot store now; send again later")
         except Exception:
             log.exception("C-STORE from %s failed", calling)
+            session.refused.append("not stored: an internal error (logged)")
             return _status(PROCESSING_FAILURE, "the hub failed to process the instance")
-        with self._studies_lock:
-            self._studies.setdefault(id(event.assoc), set()).add(received.header.study_uid)
+        session.stored += 1
+        session.studies.add(received.header.study_uid)
         return _status(0x0000)
 
 

@@ -55,6 +55,7 @@ __all__ = ["PROCESSING_FAILURE", "ImagingService", "Received", "Refused", "Sende
 SYNC_DELAY_SECONDS = 2.0  # a study still receiving is synced at most this often
 SYNC_DEBOUNCE_SECONDS = 0.3  # STOW requests to one study within this coalesce into one sync
 SWEEP_OLDER_THAN_SECONDS = 30.0  # studies a stopped process left pending
+RETRY_FAILED_SECONDS = 300.0  # a study whose ImagingStudy could not be written, tried again
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: the hub could not store it; resend later
 
 
@@ -91,25 +92,28 @@ class ImagingService:
 
     async def receive(self, source: BinaryIO, sender: Sender) -> Received:
         """Store and index one Part 10 file (read from its start). Raises InvalidInstance or
-        Refused, each with the DICOM failure status; anything else is the hub's failure."""
-        header = await asyncio.to_thread(_read, source)
-        if not header.patient_id:
-            raise InvalidInstance(
-                "Patient ID (0010,0020) is missing: the study could not be linked to a patient",
-                CANNOT_UNDERSTAND,
-            )
-        async with self.hub.database.connection() as conn:
-            owner = await InstanceIndex(conn, self.zone).owner(header.study_uid)
-        if owner is not None and owner != sender.organization:
-            raise Refused(
-                f"the study belongs to another hospital: {header.study_uid}",
-                NOT_AUTHORIZED,
-            )
-        stored = await asyncio.to_thread(_put, self.store, source)
+        Refused, each with the DICOM failure status, after keeping the refused file and why
+        (``dicom_refused``, for an operator); anything else is the hub's failure."""
+        header: InstanceHeader | None = None
+        key: str | None = None
         try:
+            header = await asyncio.to_thread(_read, source)
+            if not header.patient_id:
+                raise InvalidInstance(
+                    "Patient ID (0010,0020) is missing: the study cannot be linked to a patient",
+                    CANNOT_UNDERSTAND,
+                )
+            async with self.hub.database.connection() as conn:
+                owner = await InstanceIndex(conn, self.zone).owner(header.study_uid)
+            if owner is not None and owner != sender.organization:
+                raise Refused(
+                    f"the study belongs to another hospital: {header.study_uid}", NOT_AUTHORIZED
+                )
+            stored = await asyncio.to_thread(_put, self.store, source)
+            key = stored.key
             indexed = await self._index(header, stored.key, stored.size, sender)
-        except Refused:
-            await self._forget(stored.key)
+        except (InvalidInstance, Refused) as error:
+            await self._keep_refused(source, sender, error, header, key)
             raise
         if indexed.outcome == "replaced":
             log.info(
@@ -121,36 +125,52 @@ class ImagingService:
         return Received(header, indexed.outcome, indexed.version, stored.key)
 
     async def _index(self, header: InstanceHeader, key: str, size: int, sender: Sender) -> Indexed:
-        try:
-            async with self.hub.database.connection() as conn, conn.transaction():
-                return await InstanceIndex(conn, self.zone).add(
-                    header,
-                    organization=sender.organization,
-                    object_key=key,
-                    size=size,
-                    received_from=sender.name,
-                    name_search=name_search(header.patient_name),
-                    resend=self.hub.settings.dicom_resend,
-                )
-        except asyncpg.UniqueViolationError:
-            # Two associations sent the same new instance at once: the loser is a resend.
-            async with self.hub.database.connection() as conn, conn.transaction():
-                return await InstanceIndex(conn, self.zone).add(
-                    header,
-                    organization=sender.organization,
-                    object_key=key,
-                    size=size,
-                    received_from=sender.name,
-                    name_search=name_search(header.patient_name),
-                    resend=self.hub.settings.dicom_resend,
-                )
+        async with self.hub.database.connection() as conn, conn.transaction():
+            return await InstanceIndex(conn, self.zone).add(
+                header,
+                organization=sender.organization,
+                object_key=key,
+                size=size,
+                received_from=sender.name,
+                name_search=name_search(header.patient_name),
+                resend=self.hub.settings.dicom_resend,
+            )
 
-    async def _forget(self, key: str) -> None:
-        """Delete an object no instance refers to (stored before a refusal)."""
-        async with self.hub.database.connection() as conn:
-            if await InstanceIndex(conn, self.zone).referenced(key):
-                return
-        await asyncio.to_thread(self.store.delete, key)
+    async def _keep_refused(
+        self,
+        source: BinaryIO,
+        sender: Sender,
+        error: InvalidInstance | Refused,
+        header: InstanceHeader | None,
+        key: str | None,
+    ) -> None:
+        """Keep a refused file in the object store and record why (never deleted inline: the
+        same bytes may be on their way in for another sender). Failing here is logged only:
+        the sender gets its refusal either way."""
+        try:
+            if key is None:
+                stored = await asyncio.to_thread(_put, self.store, source)
+                key, size = stored.key, stored.size
+            else:
+                size = await asyncio.to_thread(_size, source)
+            async with self.hub.database.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO dicom_refused (organization, sender, channel, peer, status,"
+                    " reason, sop_instance_uid, study_uid, object_key, size)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    sender.organization,
+                    sender.name,
+                    sender.channel,
+                    sender.peer,
+                    error.status,
+                    error.reason[:2000],
+                    header.sop_instance_uid if header else None,
+                    header.study_uid if header else None,
+                    key,
+                    size,
+                )
+        except (OSError, asyncpg.PostgresError):
+            log.exception("a refused instance from %s could not be kept", sender.name)
 
     # -- FHIR ---------------------------------------------------------------------------------
 
@@ -161,8 +181,18 @@ class ImagingService:
         for study_uid in dict.fromkeys(study_uids):
             try:
                 await self._sync(study_uid)
-            except (FhirError, OSError, asyncpg.PostgresError) as error:
+            except Exception as error:  # one study's problem must not stop the others
+                if not isinstance(error, FhirError | OSError | asyncpg.PostgresError):
+                    log.exception("ImagingStudy of study %s failed", study_uid)
                 log.warning("ImagingStudy of study %s not written yet: %s", study_uid, error)
+                with contextlib.suppress(OSError, asyncpg.PostgresError):
+                    async with self.hub.database.connection() as conn:
+                        await conn.execute(
+                            "UPDATE dicom_study SET sync_error = $2,"
+                            " sync_attempted_at = clock_timestamp() WHERE study_uid = $1",
+                            study_uid,
+                            str(error)[:2000] or type(error).__name__,
+                        )
 
     def schedule_sync(self, study_uids: Iterable[str]) -> None:
         """Write these studies' ImagingStudy soon, in the background (on this event loop).
@@ -204,13 +234,16 @@ class ImagingService:
     async def sync_pending(self, older_than: float = SYNC_DELAY_SECONDS, limit: int = 100) -> int:
         """Sync studies changed more than ``older_than`` seconds ago and not synced since."""
         async with self.hub.database.connection() as conn:
-            rows = await conn.fetch(
+            rows = await conn.fetch(  # a study that failed waits before it is tried again
                 "SELECT study_uid FROM dicom_study"
                 " WHERE (synced_at IS NULL OR synced_at < changed_at)"
                 " AND changed_at < clock_timestamp() - make_interval(secs => $1)"
+                " AND (sync_attempted_at IS NULL"
+                "      OR sync_attempted_at < clock_timestamp() - make_interval(secs => $3))"
                 " ORDER BY changed_at LIMIT $2",
                 older_than,
                 limit,
+                RETRY_FAILED_SECONDS if older_than > 0 else 0.0,
             )
         await self.sync_studies(r["study_uid"] for r in rows)
         return len(rows)
@@ -247,7 +280,8 @@ class ImagingService:
             study_id = _id_of(locations, "ImagingStudy")
             await conn.execute(
                 "UPDATE dicom_study SET synced_at = changed_at, patient_ref = $2,"
-                " imaging_study_id = $3 WHERE study_uid = $1",
+                " imaging_study_id = $3, sync_error = NULL, sync_attempted_at = NULL"
+                " WHERE study_uid = $1",
                 study_uid,
                 patient_id,
                 study_id,
@@ -413,6 +447,10 @@ def _put(store: ObjectStore, source: BinaryIO) -> Any:
     return store.put_file(source)
 
 
+def _size(source: BinaryIO) -> int:
+    return source.seek(0, 2)
+
+
 def _hospital(organization: str) -> Principal:
     """The hub writing a hospital's ImagingStudy for it (the study came from that hospital)."""
     return Principal(
@@ -464,7 +502,10 @@ def _human_name(value: str | None) -> dict[str, Any] | None:
 
 
 def _token_query(system: str, value: str) -> str:
-    return "identifier=" + quote(f"{system}|{value}", safe="|:/")
+    """``identifier=system|value`` with FHIR search escaping (``\\``, ``,``, ``$``, ``|`` in
+    the value), so a Patient ID such as ``2002,1001`` is one value, not two."""
+    escaped = "".join("\\" + c if c in "\\,$|" else c for c in value)
+    return "identifier=" + quote(f"{system}|{escaped}", safe="|:/")
 
 
 def _id_of(locations: list[str], resource_type: str) -> str | None:

@@ -112,9 +112,12 @@ def imaging_study(
     if study.get("description"):
         resource["description"] = study["description"]
     resource["series"] = [
-        _series(row, by_series.get(row["series_uid"], []), endpoint_ref, zone)
+        _series(row, by_series[row["series_uid"]], endpoint_ref, zone)
         for row in sorted(series, key=_series_order)
+        if by_series.get(row["series_uid"])  # FHIR has no empty series
     ]
+    if not resource["series"]:
+        del resource["series"]
     return resource
 
 
@@ -125,7 +128,7 @@ def _series(
     zone: tzinfo | None,
 ) -> dict[str, Any]:
     series: dict[str, Any] = {"uid": row["series_uid"]}
-    if row.get("series_number") is not None:
+    if _unsigned(row.get("series_number")):
         series["number"] = row["series_number"]
     series["modality"] = {"system": DCM, "code": row.get("modality") or "OT"}
     if row.get("description"):
@@ -155,9 +158,14 @@ def _instance(row: Mapping[str, Any]) -> dict[str, Any]:
         "uid": row["sop_instance_uid"],
         "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{row['sop_class_uid']}"},
     }
-    if row.get("instance_number") is not None:
+    if _unsigned(row.get("instance_number")):
         instance["number"] = row["instance_number"]
     return instance
+
+
+def _unsigned(number: Any) -> bool:
+    """FHIR's unsignedInt: a DICOM IS may be negative, which has no place in the number."""
+    return isinstance(number, int) and 0 <= number <= 2**31 - 1
 
 
 _LATERALITY = {"L": ("7771000", "Left"), "R": ("24028007", "Right")}

@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     MPEG4HP41,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -615,3 +616,30 @@ def test_frames_result_type() -> None:
     assert isinstance(result, Frames)
     with pytest.raises(AttributeError):
         result.media_type = "image/png"  # type: ignore[misc]
+
+
+# -- bounds: what one request may cost --------------------------------------------------
+
+
+def test_a_frames_request_larger_than_the_bound_is_refused_before_reading() -> None:
+    """One 8 MiB frame asked for 100 times would be 800 MiB in memory: 400, not built."""
+    ds = new_image(2048, 2048, BitsAllocated=16, BitsStored=16, HighBit=15)
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(2048 * 2048 * 2)
+    with pytest.raises(RenderError) as refused:
+        frames(part10(ds), [1] * 100)
+    assert refused.value.status == 400 and "fewer" in str(refused.value)
+    assert len(frames(part10(ds), [1, 1]).frames) == 2  # a reasonable request still works
+
+
+def test_a_header_claiming_a_huge_frame_is_not_decoded() -> None:
+    """A few kilobytes of JPEG declaring 40000 × 40000: refused (422) before any decoding."""
+    ds = new_image(40000, 40000, BitsAllocated=8, BitsStored=8, HighBit=7)
+    ds.PixelRepresentation = 0
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8" + bytes(2000) + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    for work in (lambda: render(part10(ds)), lambda: thumbnail(part10(ds))):
+        with pytest.raises(RenderError) as refused:
+            work()
+        assert refused.value.status == 422 and "larger than this hub renders" in str(refused.value)

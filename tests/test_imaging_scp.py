@@ -5,10 +5,12 @@ reports by accession number, refusals with their status, and the association goi
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +467,116 @@ def test_a_receiver_on_s3_stores_there_and_exports_from_there(
     clean = pydicom.dcmread(exported)
     assert clean.PatientID != "S3-1" and clean.SOPInstanceUID != original.SOPInstanceUID
     assert clean.PixelData == pydicom.dcmread(path).PixelData
+
+
+def _send_one(port: int, path: Path, title: str = A_AE) -> int:
+    return int(send(port, [path], title=title)[0].Status)
+
+
+def test_concurrent_senders_of_one_instance_are_serialised(
+    scp: int, hub: HubUnderTest, tmp_path: Path
+) -> None:
+    """Two associations sending one SOP Instance UID with different bytes at the same moment:
+    one is version 1, the other version 2, and the first file is kept, every time."""
+    for trial in range(6):
+        first = fresh_copy("CT_small.dcm", tmp_path, PatientID=f"RACE-{trial}")
+        dataset = pydicom.dcmread(first)
+        dataset.StudyDescription = "the other one"
+        second = tmp_path / f"second-{trial}.dcm"
+        dataset.save_as(second, enforce_file_format=True)
+        with ThreadPoolExecutor(2) as pool:
+            statuses = list(pool.map(lambda p: _send_one(scp, p), [first, second]))
+        assert statuses == [SUCCESS, SUCCESS]
+        [row] = query(
+            hub,
+            "SELECT version, object_key FROM dicom_instance WHERE sop_instance_uid = $1",
+            dataset.SOPInstanceUID,
+        )
+        history = query(
+            hub,
+            "SELECT version, object_key FROM dicom_instance_version WHERE sop_instance_uid = $1",
+            dataset.SOPInstanceUID,
+        )
+        assert row["version"] == 2 and [h["version"] for h in history] == [1]
+        assert row["object_key"] != history[0]["object_key"]  # both files kept
+        kept = {stored_bytes(hub, row["object_key"]), stored_bytes(hub, history[0]["object_key"])}
+        assert {any(dataset_bytes(p) in k for k in kept) for p in (first, second)} == {True}
+
+
+def test_an_instance_of_another_patient_is_refused_from_the_study(
+    scp: int, hub: HubUnderTest, tmp_path: Path
+) -> None:
+    first = fresh_copy("CT_small.dcm", tmp_path, PatientID="MIX-1")
+    study = pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID
+    other = fresh_copy("CT_small.dcm", tmp_path, PatientID="MIX-2", StudyInstanceUID=study)
+    statuses = send(scp, [first, other])
+    assert statuses[0].Status == SUCCESS
+    assert statuses[1].Status == 0xA900
+    assert "Patient ID differs" in str(statuses[1].get("ErrorComment", ""))
+    [kept] = query(
+        hub,
+        "SELECT status, reason, object_key, sender FROM dicom_refused WHERE sop_instance_uid = $1",
+        pydicom.dcmread(other, stop_before_pixels=True).SOPInstanceUID,
+    )
+    assert kept["status"] == 0xA900 and kept["sender"] == A_AE
+    assert dataset_bytes(other) in stored_bytes(hub, kept["object_key"])  # kept to inspect
+    listed = json.loads(hub.cli("dicom", "refused", "--json").stdout)
+    assert any(r["object_key"] == kept["object_key"] for r in listed)
+
+
+def test_odd_but_valid_values_still_make_an_imaging_study(
+    scp: int, hub: HubUnderTest, hospital_a: Client, tmp_path: Path
+) -> None:
+    """A Patient ID with a comma is one identifier (FHIR search escaping), and a negative
+    Instance Number (a valid IS) is left out of the ImagingStudy rather than blocking it."""
+    mrn = f"{uuid.uuid4().hex[:6]},1001"
+    path = fresh_copy("CT_small.dcm", tmp_path, PatientID=mrn, InstanceNumber=-1)
+    study_uid = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    assert send(scp, [path])[0].Status == SUCCESS
+    study = wait_for(lambda: imaging_study(hospital_a, study_uid))
+    assert study is not None
+    assert "number" not in study["series"][0]["instance"][0]
+    patient = hospital_a.get(study["subject"]["reference"]).json()
+    assert [i["value"] for i in patient["identifier"]] == [mrn]
+
+
+def test_associations_are_audited_with_what_they_stored_and_refused(
+    scp: int, hub: HubUnderTest, tmp_path: Path
+) -> None:
+    good = fresh_copy("CT_small.dcm", tmp_path, PatientID="AUDIT-1")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(fresh_copy("CT_small.dcm", tmp_path, PatientID="AUDIT-1").read_bytes()[:-999])
+    send(scp, [good, cut])
+    study = pydicom.dcmread(good, stop_before_pixels=True).StudyInstanceUID
+    rows = wait_for(
+        lambda: query(
+            hub,
+            "SELECT status, organization, source_ip, detail FROM audit_log"
+            " WHERE client_id = $1 AND $2 = ANY(entities)",
+            f"dicom-ae:{A_AE}",
+            f"urn:oid:{study}",
+        )
+    )
+    assert rows, "no audit record of the association"
+    assert rows[0]["status"] == 207 and "1 instances stored, 1 refused" in rows[0]["detail"]
+    assert rows[0]["source_ip"] == "127.0.0.1"
+    scu("INTRUDER").associate("127.0.0.1", scp, ae_title=SCP_AE)
+    rejected = wait_for(
+        lambda: query(hub, "SELECT status FROM audit_log WHERE client_id = 'dicom-ae:INTRUDER'")
+    )
+    assert rejected and rejected[0]["status"] == 403
+
+
+def test_an_unknown_issuer_target_is_refused_when_registering(hub: HubUnderTest) -> None:
+    done = hub.cli(
+        "dicom",
+        "ae",
+        "add",
+        "TYPO-AE",
+        "--organization",
+        hub.org_a,
+        "--issuer",
+        "HIS=mrm",
+        check=False,
+    )
+    assert done.returncode != 0 and "mrm" in done.stderr

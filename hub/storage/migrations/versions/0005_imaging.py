@@ -51,6 +51,8 @@ CREATE TABLE dicom_study (
     imaging_study_id text,                    -- FHIR ImagingStudy id, once written
     changed_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     synced_at        timestamptz,             -- ImagingStudy written (NULL or older: pending)
+    sync_error       text,                    -- why the last attempt failed (for operators)
+    sync_attempted_at timestamptz,            -- when it failed (tried again later)
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dicom_study_patient ON dicom_study (patient_id);
@@ -94,6 +96,23 @@ CREATE TABLE dicom_instance (
 CREATE INDEX dicom_instance_series ON dicom_instance (series_uid, instance_number);
 CREATE INDEX dicom_instance_study ON dicom_instance (study_uid);
 
+-- A refused instance, kept for an operator (its bytes in the object store) with the reason.
+CREATE TABLE dicom_refused (
+    id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at      timestamptz NOT NULL DEFAULT now(),
+    organization     text,
+    sender           text        NOT NULL,  -- calling AE title or API client id
+    channel          text        NOT NULL,  -- dimse or stow
+    peer             text,
+    status           integer     NOT NULL,  -- the DICOM failure status answered
+    reason           text        NOT NULL,
+    sop_instance_uid text,
+    study_uid        text,
+    object_key       text,
+    size             bigint
+);
+CREATE INDEX dicom_refused_received ON dicom_refused (received_at DESC);
+
 -- An instance resent with other bytes under the "replace" policy: what it was before.
 CREATE TABLE dicom_instance_version (
     sop_instance_uid text        NOT NULL,
@@ -109,6 +128,7 @@ CREATE TABLE dicom_instance_version (
 """
 
 DOWNGRADE = """
+DROP TABLE IF EXISTS dicom_refused;
 DROP TABLE IF EXISTS dicom_instance_version;
 DROP TABLE IF EXISTS dicom_instance;
 DROP TABLE IF EXISTS dicom_series;
