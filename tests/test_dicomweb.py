@@ -10,6 +10,7 @@ multipart reader/writer and the QIDO query parser are also tested on their own (
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import re
 import time
@@ -81,7 +82,12 @@ def copy_of(
     dataset.SeriesInstanceUID = series or generate_uid()
     dataset.SOPInstanceUID = generate_uid()
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    dataset.PatientID = patient_id or f"P-{uuid.uuid4().hex[:10]}"
+    # One study, one patient (the hub refuses an instance of another patient into a study).
+    dataset.PatientID = patient_id or (
+        f"P-{hashlib.sha256(study.encode()).hexdigest()[:10]}"
+        if study
+        else f"P-{uuid.uuid4().hex[:10]}"
+    )
     for keyword, value in attributes.items():
         setattr(dataset, keyword, value)
     return dataset
