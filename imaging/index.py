@@ -51,7 +51,15 @@ class StudyOwner:
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('dicom:' || $1, 0))"
 
 _EXISTING_STUDY = """
-SELECT organization, patient_id, issuer FROM dicom_study WHERE study_uid = $1 FOR UPDATE
+SELECT organization, patient_id, issuer, name_search FROM dicom_study
+WHERE study_uid = $1 FOR UPDATE
+"""
+
+_NAME_TOKENS = """
+WITH gone AS (DELETE FROM dicom_study_name WHERE study_uid = $1)
+INSERT INTO dicom_study_name (token, study_uid)
+SELECT DISTINCT t, $1 FROM unnest(string_to_array($2, ' ')) AS t WHERE t <> ''
+ON CONFLICT DO NOTHING
 """
 
 _INSTANCE = """
@@ -226,6 +234,8 @@ class InstanceIndex:
                 f"the study belongs to another hospital: {header.study_uid}",
                 NOT_AUTHORIZED,
             )
+        if header.patient_name and (study_row is None or study_row["name_search"] != name_search):
+            await self.connection.execute(_NAME_TOKENS, header.study_uid, name_search)
         series = await self.connection.fetchval(
             _SERIES,
             header.series_uid,

@@ -515,9 +515,10 @@ def _person_name(flt: Filter, params: _Params) -> str:
         for word in words:
             prefix = _like(word) + "%"
             if flt.attribute.keyword == "PatientName":
+                # a prefix range scan of the name tokens' index (dicom_study_name)
                 conditions.append(
-                    f"(st.name_search LIKE {params.add(prefix)}"
-                    f" OR st.name_search LIKE {params.add('% ' + prefix)})"
+                    "st.study_uid IN (SELECT n.study_uid FROM dicom_study_name n"
+                    f" WHERE n.token LIKE {params.add(prefix)})"
                 )
             else:
                 conditions.append(
