@@ -86,6 +86,7 @@ from imaging.qido import (
 )
 from imaging.service import PROCESSING_FAILURE, Received, Refused, Sender, imaging_service
 from imaging.store import CHUNK, ObjectStore, open_seekable
+from imaging.transcoding import EXPLICIT_LITTLE, convertible, to_explicit_little_endian
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,11 @@ async def _file_chunks(store: ObjectStore, key: str) -> AsyncIterator[bytes]:
         source.close()
 
 
+async def _converted(store: ObjectStore, key: str) -> AsyncIterator[bytes]:
+    """A stored native instance re-encoded as Explicit VR Little Endian (lossless)."""
+    yield await anyio.to_thread.run_sync(_with_object, store, key, to_explicit_little_endian)
+
+
 def _with_object(store: ObjectStore, key: str, work: Callable[[BinaryIO], Any]) -> Any:
     with open_seekable(store, key) as source:
         return work(source)
@@ -356,20 +362,30 @@ async def retrieve(request: Request) -> Response:
     async with audited(request, principal, "dicomweb:retrieve", "R") as audit:
         wanted = _wanted_syntaxes(request)
         _, instances = await _instances(request, audit, principal)
+        converted: set[str] = set()  # served re-encoded as Explicit VR Little Endian
         if wanted is not None:
             for item in instances:
-                if item.transfer_syntax not in wanted:
-                    name = pydicom.uid.UID(item.transfer_syntax).name
-                    raise _not_acceptable(
-                        f"instance {item.sop_instance_uid} is stored in {name} "
-                        f"({item.transfer_syntax}); the hub serves files as stored and never "
-                        "recompresses them: ask with transfer-syntax=* or "
-                        f"transfer-syntax={item.transfer_syntax}"
-                    )
+                if item.transfer_syntax in wanted:
+                    continue
+                if EXPLICIT_LITTLE in wanted and convertible(item.transfer_syntax, item.size):
+                    converted.add(item.sop_instance_uid)
+                    continue
+                name = pydicom.uid.UID(item.transfer_syntax).name
+                raise _not_acceptable(
+                    f"instance {item.sop_instance_uid} is stored in {name} "
+                    f"({item.transfer_syntax}); the hub serves files as stored and never "
+                    "recompresses them: ask with transfer-syntax=* or "
+                    f"transfer-syntax={item.transfer_syntax}"
+                )
     store = imaging_service(hub).store
     boundary = new_boundary()
     parts = (
         OutgoingPart(
+            f"{DICOM}; transfer-syntax={EXPLICIT_LITTLE}",
+            _converted(store, item.object_key),
+        )
+        if item.sop_instance_uid in converted
+        else OutgoingPart(
             f"{DICOM}; transfer-syntax={item.transfer_syntax}",
             _file_chunks(store, item.object_key),
         )

@@ -418,6 +418,25 @@ def test_a_transfer_syntax_the_file_is_not_in_is_not_acceptable(
         assert client.get(url, headers={"Accept": "*/*"}).status_code == 200
 
 
+def test_an_implicit_vr_instance_is_served_as_explicit_vr_little_endian_on_request(
+    hub: HubUnderTest, hospital_a: Client
+) -> None:
+    """PS3.18's default transfer syntax: a lossless re-encoding of a native file (dicomweb-
+    client asking for it explicitly), the same elements and pixel bytes; as stored otherwise."""
+    implicit = copy_of("MR_small_implicit.dcm")
+    client = dicomweb(hub, hospital_a)
+    client.store_instances([implicit])
+    uids = (implicit.StudyInstanceUID, implicit.SeriesInstanceUID, implicit.SOPInstanceUID)
+    explicit = client.retrieve_instance(
+        *uids, media_types=(("application/dicom", "1.2.840.10008.1.2.1"),)
+    )
+    assert explicit.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert explicit.PixelData == implicit.PixelData
+    assert explicit.PatientName == implicit.PatientName
+    as_stored = client.retrieve_instance(*uids, media_types=(("application/dicom", "*"),))
+    assert as_stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+
+
 def test_metadata_is_the_stored_dicom_json(
     hub: HubUnderTest, hospital_a: Client, study: StoredStudy
 ) -> None:
