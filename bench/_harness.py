@@ -244,6 +244,11 @@ class OwnHub:
         """The environment the hub's commands and server run with (``YIJIAN_*`` included)."""
         return dict(self._env)
 
+    @property
+    def server_pid(self) -> int | None:
+        """The process id of ``yijian serve`` (its process group's leader), once started."""
+        return self._server.pid if self._server is not None else None
+
     def _run(self, yijian: Path, *args: str, timeout: float = 300.0) -> str:
         cmd = [str(yijian), *args]
         proc = subprocess.run(
