@@ -516,9 +516,11 @@ def _person_name(flt: Filter, params: _Params) -> str:
             prefix = _like(word) + "%"
             if flt.attribute.keyword == "PatientName":
                 # a prefix range scan of the name tokens' index (dicom_study_name)
+                # ARRAY(...) is an uncorrelated InitPlan: the token prefix is scanned first,
+                # then the studies fetched by key (never a walk of every study by date).
                 conditions.append(
-                    "st.study_uid IN (SELECT n.study_uid FROM dicom_study_name n"
-                    f" WHERE n.token LIKE {params.add(prefix)})"
+                    "st.study_uid = ANY(ARRAY(SELECT n.study_uid FROM dicom_study_name n"
+                    f" WHERE n.token LIKE {params.add(prefix)}))"
                 )
             else:
                 conditions.append(
