@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -598,38 +597,15 @@ async def _serve_mllp(
 def _fork_listeners(
     settings: Settings, host: str, port: int, workers: int, drop_folders: bool
 ) -> None:
-    """Fork ``workers`` listener processes on one port; forward SIGTERM/SIGINT; wait."""
-    import signal
+    """Fork ``workers`` listener processes on one port (the first polls the drop folders)."""
+    from hub.processes import run_forked
 
-    children: list[int] = []
-    for number in range(workers):
-        pid = os.fork()
-        if pid == 0:  # a listener: its own event loop, pool and hub
-            code = 0
-            polls = drop_folders and number == 0
-            try:
-                asyncio.run(_serve_mllp(settings, host, port, polls, reuse_port=True))
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    failed = False
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        failed = failed or os.waitstatus_to_exitcode(status) != 0
-    if failed:
-        sys.exit(1)
+    run_forked(
+        workers,
+        lambda number: asyncio.run(
+            _serve_mllp(settings, host, port, drop_folders and number == 0, reuse_port=True)
+        ),
+    )
 
 
 @main.command()

@@ -40,6 +40,7 @@ import fhir_profiles
 from hub import demo_imaging, logs
 from hub.api.app import create_app
 from hub.lifecycle import exit_cleanly_after_shutdown
+from hub.processes import spawn_yijian
 from hub.settings import Settings, load_settings
 from hub.storage.database import resolve_database_url
 from hub.storage.migrate import upgrade
@@ -710,28 +711,15 @@ async def _register_feeds(hub: Hub, credentials: dict[str, dict[str, str]], data
 
 def _start_worker(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """``yijian worker --beat`` as a child process (Celery installs its own signal handlers),
-    on the same database and data directory (hence the same embedded broker)."""
+    on the same database and data directory (hence the same embedded broker). Its own
+    process group: a terminal's Ctrl-C reaches only the demo, which stops the worker itself
+    (after the listener), and a stuck worker can be killed whole."""
     log_path = data_dir / "logs" / "demo-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    executable = Path(sys.executable).parent / "yijian"
-    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "hub.cli"]
-    env = {
-        **os.environ,
-        "YIJIAN_DATABASE_URL": url,
-        "YIJIAN_DATA_DIR": str(data_dir),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [*command, "worker", "--beat", "--concurrency", "1"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a terminal's Ctrl-C reaches only the demo, which stops
-            # the worker itself (after the listener), and a stuck worker can be killed whole.
-            start_new_session=True,
-        )
+    process = spawn_yijian(
+        ["worker", "--beat", "--concurrency", "1"],
+        log_path,
+        {"YIJIAN_DATABASE_URL": url, "YIJIAN_DATA_DIR": str(data_dir)},
+    )
     return process, log_path
 
 

@@ -14,11 +14,11 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.processes import spawn_yijian
 from hub.runtime import Hub
 
 DICOM_AE = "DEMO-H3-CT"
@@ -49,24 +49,11 @@ def start_receiver(
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """``yijian dicom-scp`` as a child process on the demo's database and data directory."""
     log_path = data_dir / "logs" / "demo-dicom-scp.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    executable = Path(sys.executable).parent / "yijian"
-    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "hub.cli"]
-    env = {
-        **os.environ,
-        "YIJIAN_DATABASE_URL": url,
-        "YIJIAN_DATA_DIR": str(data_dir),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [*command, "dicom-scp", "--host", host, "--port", str(port), "--no-migrate"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # stopped by the demo itself, after the API
-        )
+    process = spawn_yijian(
+        ["dicom-scp", "--host", host, "--port", str(port), "--no-migrate"],
+        log_path,
+        {"YIJIAN_DATABASE_URL": url, "YIJIAN_DATA_DIR": str(data_dir)},
+    )
     return process, log_path
 
 

@@ -3,12 +3,10 @@ entry-point group ``yijian.commands`` (the hub never imports this package)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import click
 
 from hub.cli import _Admin, _admin_command, _prepare_service
+from hub.processes import run_forked
 
 PATIENT_NUMBER_KINDS = ("mrn", "outpatient", "inpatient")  # a hospital's own patient numbers
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE: no backslash, no controls
@@ -53,33 +52,7 @@ def dicom_scp(
         return
     if bind[1] == 0:
         raise click.BadParameter("several workers need a fixed port", param_hint="--port")
-    children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # a receiver: its own interpreter state, event loop and hub
-            code = 0
-            try:
-                _receive(settings, bind, title, reuse_port=True)
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, forward)
-    failed = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        failed += os.waitstatus_to_exitcode(status) != 0
-    sys.exit(1 if failed else 0)
+    run_forked(workers, lambda _number: _receive(settings, bind, title, reuse_port=True))
 
 
 def _receive(settings: Any, bind: tuple[str, int], title: str, *, reuse_port: bool) -> None:
