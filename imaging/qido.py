@@ -652,11 +652,11 @@ def compile_query(query: Query, organization: str | None) -> tuple[str, list[Any
             "(SELECT count(*) FROM dicom_instance x WHERE x.series_uid = p.series_uid)"
             " AS series_instance_count"
         )
-    if extra and level != IN:  # other attributes: from one stored instance of each result
+    if extra and level != IN:  # other attributes: from the first instance stored of each
         scope = "study_uid" if level == ST else "series_uid"
         outer.append(
             f"(SELECT x.metadata FROM dicom_instance x WHERE x.{scope} = p.{scope}"
-            " LIMIT 1) AS metadata"
+            " ORDER BY x.received_at, x.sop_instance_uid LIMIT 1) AS metadata"  # the first
         )
     if len(outer) == 1:
         return page, params.values
