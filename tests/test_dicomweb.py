@@ -190,6 +190,18 @@ def study(hub: HubUnderTest, hospital_a: Client) -> StoredStudy:
     assert stored == [d.SOPInstanceUID for d in datasets]
     assert "FailedSOPSequence" not in response
     assert response.RetrieveURL.endswith(f"/dicomweb/studies/{study_uid}")
+    # The ImagingStudy follows the answer (written once the study is quiet): tests that read
+    # the study's patient and ImagingStudy start after it, whatever ran before them.
+    deadline = time.monotonic() + 15
+    while (
+        not hospital_a.get(
+            "ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}
+        )
+        .json()
+        .get("entry")
+    ):
+        assert time.monotonic() < deadline, "no ImagingStudy for the stored study"
+        time.sleep(0.2)
     return StoredStudy(study_uid, datasets, patient)
 
 
