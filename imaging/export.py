@@ -14,13 +14,13 @@ import asyncio
 import hashlib
 import hmac
 import io
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pydicom
 
 from hub.runtime import Hub
+from hub.security.keys import secret_key_file
 from imaging.deidentify import UidMapper, deidentify
 from imaging.service import imaging_service
 from imaging.store import open_seekable
@@ -32,16 +32,7 @@ class StudyNotFound(LookupError):
 
 def deidentification_key(keys_dir: Path) -> bytes:
     """The hub's de-identification HMAC key (``KEYS_DIR/deid.key``), created on first use."""
-    path = keys_dir / "deid.key"
-    if not path.exists():
-        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(os.urandom(32).hex())
-        except FileExistsError:
-            pass  # another process created it first
-    return bytes.fromhex(path.read_text().strip())
+    return secret_key_file(keys_dir / "deid.key")
 
 
 def default_pseudonym(key: bytes, organization: str, patient_id: str | None) -> str:

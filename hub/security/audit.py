@@ -28,6 +28,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from hub.security.keys import secret_key_file
+
 MAX_BATCH = 500
 
 
@@ -98,16 +100,7 @@ def load_audit_key(keys_dir: Path) -> bytes:
     """The audit MAC key: ``YIJIAN_AUDIT_KEY`` (hex) or ``KEYS_DIR/audit.key``, created once."""
     if env := os.environ.get("YIJIAN_AUDIT_KEY"):
         return bytes.fromhex(env)
-    path = keys_dir / "audit.key"
-    if not path.exists():
-        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(os.urandom(32).hex())
-        except FileExistsError:
-            pass  # another process created it first
-    return bytes.fromhex(path.read_text().strip())
+    return secret_key_file(keys_dir / "audit.key")
 
 
 def _mac(key: bytes, previous: str, payload: bytes) -> str:

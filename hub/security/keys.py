@@ -83,3 +83,17 @@ class KeyRing:
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": [k.public_jwk for k in self.keys]}
+
+
+def secret_key_file(path: Path) -> bytes:
+    """A 32-byte secret kept in ``path`` (hex, mode 0600), created on first use; concurrent
+    first uses by several processes agree on one key (exclusive create)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(os.urandom(32).hex())
+        except FileExistsError:
+            pass  # another process created it first
+    return bytes.fromhex(path.read_text().strip())
