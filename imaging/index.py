@@ -41,11 +41,6 @@ class Indexed:
     replaced_key: str | None = None  # the object an instance replaced (kept in the history)
 
 
-@dataclass(frozen=True)
-class StudyOwner:
-    organization: str
-
-
 # Senders of one SOP Instance UID (or into one study) take turns: without it two transactions
 # would both find no row and both answer success, the later one silently overwriting.
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('dicom:' || $1, 0))"
@@ -209,7 +204,7 @@ class InstanceIndex:
                 )
             version = int(existing["version"]) + 1
             replaced = str(existing["object_key"])
-        started = _started(header.study_date, header.study_time, self.zone)
+        started = dicom_datetime(header.study_date, header.study_time, self.zone)
         study = await self.connection.fetchval(
             _STUDY,
             header.study_uid,
@@ -245,7 +240,7 @@ class InstanceIndex:
             header.series_description,
             header.body_part,
             _text(header.metadata, "00200060"),
-            _started(
+            dicom_datetime(
                 _text(header.metadata, "00080021"), _text(header.metadata, "00080031"), self.zone
             ),
         )
@@ -325,14 +320,9 @@ def _time(value: str | None) -> time | None:
         return None
 
 
-def _started(day: str | None, clock: str | None, zone: tzinfo) -> datetime | None:
+def dicom_datetime(day: str | None, clock: str | None, zone: tzinfo) -> datetime | None:
     """Study (or series) date and time as an instant in the hub's default zone."""
     on = _date(day)
     if on is None:
         return None
     return datetime.combine(on, _time(clock) or time(0), tzinfo=zone)
-
-
-def dicom_datetime(day: str | None, clock: str | None, zone: tzinfo) -> datetime | None:
-    """Public form of ``_started`` for the FHIR mapping (same rules)."""
-    return _started(day, clock, zone)

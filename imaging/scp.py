@@ -42,7 +42,7 @@ from hub.security.principals import ClientKind
 from hub.settings import Settings
 from imaging.dataset import InvalidInstance
 from imaging.index import NOT_AUTHORIZED, Refused
-from imaging.service import ImagingService, Sender, imaging_service
+from imaging.service import PROCESSING_FAILURE, ImagingService, Sender, imaging_service
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
 OUT_OF_RESOURCES = 0xA700  # the hub could not store it now: the sender should retry later
-PROCESSING_FAILURE = 0x0110
 AE_REFRESH_SECONDS = 2.0
 SYNC_INTERVAL_SECONDS = 2.0
 RECEIVE_TIMEOUT_SECONDS = 600.0

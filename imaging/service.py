@@ -30,6 +30,7 @@ import orjson
 from hub.fhir.datetimes import zone
 from hub.fhir.outcomes import FhirError
 from hub.identity.names import name_forms
+from hub.ingest.service import organization_principal
 from hub.records import bundles
 from hub.records.unit_of_work import unit_of_work
 from hub.runtime import Hub
@@ -224,12 +225,6 @@ class ImagingService:
             await self.sync_studies(batch)
             with contextlib.suppress(OSError, asyncpg.PostgresError):
                 await self.sync_pending(older_than=SWEEP_OLDER_THAN_SECONDS)
-
-    async def drain(self) -> None:
-        """Finish the scheduled syncs (at shutdown)."""
-        if self._syncer is not None and not self._syncer.done():
-            self._kick.set()
-            await self._syncer
 
     async def sync_pending(self, older_than: float = SYNC_DELAY_SECONDS, limit: int = 100) -> int:
         """Sync studies changed more than ``older_than`` seconds ago and not synced since."""
@@ -453,13 +448,7 @@ def _size(source: BinaryIO) -> int:
 
 def _hospital(organization: str) -> Principal:
     """The hub writing a hospital's ImagingStudy for it (the study came from that hospital)."""
-    return Principal(
-        client_id="hub:imaging",
-        name="imaging cloud",
-        kind=ClientKind.HOSPITAL,
-        organization=organization,
-        scopes=frozenset({"system/*.cruds"}),
-    )
+    return organization_principal(organization, "hub:imaging", "imaging cloud")
 
 
 def _patient(study: asyncpg.Record, organization: str, system: str) -> dict[str, Any]:

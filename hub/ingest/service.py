@@ -681,11 +681,14 @@ def feed_principal(feed: FeedConfig, caller: Principal | None = None) -> Princip
     )
 
 
-def organization_principal(organization: str) -> Principal:
-    """The hub acting for a hospital on records the hospital owns (back-fills)."""
+def organization_principal(
+    organization: str, client_id: str = "hub:backfill", name: str = "code-map back-fill"
+) -> Principal:
+    """The hub acting for a hospital on records the hospital owns (back-fills; the imaging
+    cloud writing the ImagingStudy of a study the hospital sent)."""
     return Principal(
-        client_id="hub:backfill",
-        name="code-map back-fill",
+        client_id=client_id,
+        name=name,
         kind=ClientKind.HOSPITAL,
         organization=organization,
         scopes=frozenset({"system/*.cruds"}),
