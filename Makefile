@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test bench lint format clean
+.PHONY: help venv assets chromium demo test bench lint format clean
 
 help:
 	@echo "make venv    create $(VENV) and install the project with dev extras"
+	@echo "make assets  npm ci + copy the browser libraries to hub/web/static/vendor (needs npm)"
 	@echo "make demo    run 'yijian demo' (embedded database, API, MLLP listener, worker)"
 	@echo "make test    run the test suite (PYTEST_ARGS='-k foo -x' to pass options)"
 	@echo "make bench   run every benchmark module under bench/"
@@ -32,10 +33,41 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# Browser libraries (cornerstone, hammer, htmx) from the npm registry, pinned by
+# hub/web/package-lock.json, copied to hub/web/static/vendor/ (gitignored). The manifest the
+# copy writes is the stamp: npm runs again only when the lock file or the copy script changes.
+WEB     := hub/web
+ASSETS  := $(WEB)/static/vendor/manifest.json
+
+assets: $(ASSETS)
+
+$(ASSETS): $(WEB)/package-lock.json $(WEB)/package.json $(WEB)/build_assets.mjs
+	@command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
+	  echo "error: npm and node are needed to build the web assets (the DICOM viewer, htmx);" \
+	       "install Node.js >= 18 with npm (Debian: apt-get install nodejs npm)" >&2; \
+	  exit 1; }
+	npm ci --prefix $(WEB) --no-audit --no-fund
+	node $(WEB)/build_assets.mjs
+
+# Debian's Chromium (and a CJK font for readable screenshots) for the Playwright browser tests;
+# Playwright's own browser download is never used. Without it the browser tests are skipped.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian chromium for the browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium fonts-wqy-microhei; } >/dev/null 2>&1 \
+	  || echo "warning: 'apt-get install chromium' failed (not root?): browser tests are" \
+	          "skipped; install it with: sudo apt-get install chromium" >&2; \
+	else \
+	  echo "warning: /usr/bin/chromium is missing and there is no apt-get: browser tests are" \
+	       "skipped" >&2; \
+	fi
+
+demo: $(STAMP) $(ASSETS)
 	$(VENV)/bin/yijian demo
 
-test: $(STAMP)
+test: $(STAMP) $(ASSETS) chromium
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # Every bench/*.py except __init__.py and private _*.py modules, run as bench.<name>.
@@ -59,4 +91,5 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(WEB)/node_modules $(WEB)/static/vendor test-artifacts
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
