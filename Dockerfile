@@ -1,4 +1,11 @@
 # Yijian Hub image: the `yijian` CLI (serve, worker, mllp, dicom-scp, db upgrade, ...).
+
+# The browser libraries (DICOM viewer, htmx) from the npm registry, as pinned by the lock file.
+FROM node:20-slim AS web-assets
+WORKDIR /web
+COPY hub/web/package.json hub/web/package-lock.json hub/web/build_assets.mjs ./
+RUN npm ci --no-audit --no-fund && node build_assets.mjs
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,6 +21,7 @@ RUN groupadd --system --gid 10001 yijian \
 
 WORKDIR /app
 COPY . /app
+COPY --from=web-assets /web/static/vendor /app/hub/web/static/vendor
 RUN pip install /app
 
 USER yijian
