@@ -44,6 +44,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 import anyio
+import asyncpg
 import orjson
 import pydicom
 from pydicom.dataset import Dataset
@@ -51,11 +52,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
+from hub.access.service import SCOPED_KINDS
 from hub.api.dependencies import AuditScope, audited, authenticate, get_hub
 from hub.fhir.outcomes import FhirError, bad_request, forbidden
 from hub.runtime import Hub
 from hub.security import policy, scopes
 from hub.security.principals import ClientKind, Principal
+from hub.storage.search_sql import AccessFilter
 from imaging import rendering
 from imaging.dataset import InvalidInstance
 from imaging.deidentify import DeidentificationError, UidMapper, deidentify
@@ -139,6 +142,36 @@ def readable_organization(principal: Principal, permission: str = scopes.READ) -
     if "ImagingStudy" in policy.rules(principal).owned_only:
         return principal.organization
     return None
+
+
+async def purpose_filter(
+    hub: Hub, connection: asyncpg.Connection, principal: Principal, audit: AuditScope
+) -> AccessFilter | None:
+    """A doctor's or consultant's purposes of use as a row filter (``hub.access``): they see
+    a study only when its ImagingStudy is within one (an unsynced study is not yet visible to
+    them). None for hospitals and admins, whom ``readable_organization`` decides alone."""
+    if principal.kind not in SCOPED_KINDS:
+        return None
+    access = await hub.records.access.access(connection, principal)
+    audit.access = access
+    return access.filter
+
+
+async def require_purpose(
+    hub: Hub,
+    connection: asyncpg.Connection,
+    principal: Principal,
+    audit: AuditScope,
+    study: StudyRef,
+) -> None:
+    """404 (as for a study that does not exist) unless the caller's purposes cover ``study``."""
+    purposes = await purpose_filter(hub, connection, principal, audit)
+    if purposes is None:
+        return
+    if study.imaging_study_id is None or not await hub.records.access.visible(
+        connection, purposes, "ImagingStudy", study.imaging_study_id
+    ):
+        raise _not_found(study.study_uid, None, None)
 
 
 def _note_study(audit: AuditScope, study: StudyRef) -> None:
@@ -286,7 +319,8 @@ async def _qido(request: Request, level: Level) -> Response:
         except QueryError as error:
             raise bad_request(str(error)) from None
         async with hub.database.connection() as connection:
-            result = await search(connection, query, organization, dicomweb_base(request))
+            purposes = await purpose_filter(hub, connection, principal, audit)
+            result = await search(connection, query, organization, dicomweb_base(request), purposes)
         audit.patients |= result.patients
         for study, imaging_study in result.studies:
             if imaging_study:
@@ -347,8 +381,11 @@ async def _instances(
     series = _uid(request, "series", "SeriesInstanceUID")
     instance = _uid(request, "instance", "SOPInstanceUID")
     assert study is not None
-    async with get_hub(request).database.connection() as connection:
+    hub = get_hub(request)
+    async with hub.database.connection() as connection:
         found = await find_instances(connection, study, series, instance, organization=organization)
+        if found is not None:
+            await require_purpose(hub, connection, principal, audit, found[0])
     if found is None:
         raise _not_found(study, series, instance)
     _note_study(audit, found[0])
@@ -414,6 +451,8 @@ async def retrieve_metadata(request: Request) -> Response:
             first = await metadata_page(
                 connection, study, series, instance, organization=organization
             )
+            if first.study is not None:
+                await require_purpose(hub, connection, principal, audit, first.study)
         if first.study is None:
             raise _not_found(study, series, instance)
         _note_study(audit, first.study)
@@ -697,6 +736,8 @@ async def wado_uri(request: Request) -> Response:
                 uids["objectUID"],
                 organization=organization,
             )
+            if found is not None:
+                await require_purpose(hub, connection, principal, audit, found[0])
         if found is None:
             raise _not_found(uids["studyUID"], uids["seriesUID"], uids["objectUID"])
         _note_study(audit, found[0])

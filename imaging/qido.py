@@ -31,6 +31,8 @@ import asyncpg
 import orjson
 from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
 
+from hub.storage.search_sql import AccessFilter
+
 CHARACTER_SET = "ISO_IR 192"  # what the hub answers in: UTF-8
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -541,7 +543,9 @@ def _person_name(flt: Filter, params: _Params) -> str:
     )
 
 
-def _where(query: Query, organization: str | None, params: _Params) -> list[str]:
+def _where(
+    query: Query, organization: str | None, params: _Params, purposes: AccessFilter | None
+) -> list[str]:
     where: list[str] = []
     if query.study_uid is not None:
         column = {ST: "st.study_uid", SE: "se.study_uid", IN: "i.study_uid"}[query.level]
@@ -550,6 +554,11 @@ def _where(query: Query, organization: str | None, params: _Params) -> list[str]
         where.append(f"i.series_uid = {params.add(query.series_uid)}")
     if organization is not None:
         where.append(f"st.organization = {params.add(organization)}")
+    if purposes is not None:  # a doctor's or consultant's: studies whose ImagingStudy passes
+        where.append(
+            "st.imaging_study_id IN (SELECT r.res_id FROM resource r WHERE r.res_type = "
+            f"'ImagingStudy' AND NOT r.deleted AND {purposes.sql(params, 'r')})"  # type: ignore[arg-type]
+        )
     for flt in query.filters:
         condition = _condition(flt, params)
         level = flt.attribute.level
@@ -613,9 +622,13 @@ _COLUMNS = {
 _BITS_ALLOCATED = "substring(i.metadata from '\"00280100\":(\\{[^{}]*\\})') AS bits_allocated"
 
 
-def compile_query(query: Query, organization: str | None) -> tuple[str, list[Any]]:
+def compile_query(
+    query: Query, organization: str | None, purposes: AccessFilter | None = None
+) -> tuple[str, list[Any]]:
     """One statement for the query's page (``limit + 1`` rows: the extra one tells whether
-    more remain). ``organization``: only studies it owns (a hospital), or None (all)."""
+    more remain). ``organization``: only studies it owns (a hospital), or None (all).
+    ``purposes``: a doctor's or consultant's row filter (``hub.access``), applied to the
+    study's ImagingStudy."""
     params = _Params()
     level = query.level
     columns = [c for lvl in (ST, SE, IN) if lvl <= level for c in _COLUMNS[lvl]]
@@ -626,7 +639,7 @@ def compile_query(query: Query, organization: str | None) -> tuple[str, list[Any
             columns.append("i.metadata")
         elif BY_KEYWORD["BitsAllocated"].tag in returned:
             columns.append(_BITS_ALLOCATED)
-    where = _where(query, organization, params)
+    where = _where(query, organization, params, purposes)
     order = _order(query)
     limit = params.add(query.limit + 1)
     offset = params.add(query.offset)
@@ -687,10 +700,14 @@ class SearchResult:
 
 
 async def search(
-    connection: asyncpg.Connection, query: Query, organization: str | None, base_url: str
+    connection: asyncpg.Connection,
+    query: Query,
+    organization: str | None,
+    base_url: str,
+    purposes: AccessFilter | None = None,
 ) -> SearchResult:
     """Run the query; ``base_url`` is the DICOMweb root for RetrieveURL."""
-    sql, args = compile_query(query, organization)
+    sql, args = compile_query(query, organization, purposes)
     rows = await connection.fetch(sql, *args)
     more = len(rows) > query.limit
     rows = rows[: query.limit]

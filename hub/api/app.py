@@ -21,19 +21,24 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from hub import __version__
-from hub.api import admin, auth, cds, fhir, identity, ingest, operations, recognition
+from hub.api import access, admin, auth, cds, fhir, identity, ingest, operations, recognition
 from hub.api.middleware import ObservabilityMiddleware
 from hub.api.responses import fhir_response
 from hub.extensions import extension_routes
 from hub.fhir.outcomes import FhirError
 from hub.runtime import Hub
 from hub.settings import Settings
+from hub.web import routes as web
+from hub.web.dependencies import is_web_request
+from hub.web.rendering import render_error
 
 log = logging.getLogger(__name__)
 
 
 async def _fhir_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, FhirError)
+    if is_web_request(request):  # a web page: an HTML error page, not an OperationOutcome
+        return render_error(request, error.status, error.diagnostics, error.headers)
     return fhir_response(error.outcome(), error.status, error.headers)
 
 
@@ -41,6 +46,8 @@ async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     code = {404: "not-found", 405: "not-supported"}.get(error.status_code, "processing")
     message = "no such endpoint" if error.status_code == 404 else str(error.detail)
+    if is_web_request(request):
+        return render_error(request, error.status_code, str(error.detail), error.headers)
     return fhir_response(FhirError(error.status_code, code, message).outcome(), error.status_code)
 
 
@@ -53,6 +60,8 @@ async def _invalid_request(request: Request, error: Exception) -> Response:
         for item in error.errors()[:5]
     ]
     message = "malformed request: " + "; ".join(problems) if problems else "malformed request"
+    if is_web_request(request):
+        return render_error(request, 400, message)
     return fhir_response(FhirError(400, "invalid", message).outcome(), 400)
 
 
@@ -60,6 +69,8 @@ async def _unexpected(request: Request, error: Exception) -> Response:
     log.exception(
         "unhandled error (request %s)", request.scope.get("state", {}).get("request_id", "?")
     )
+    if is_web_request(request):
+        return render_error(request, 500, "系统内部错误，请求编号可在服务器日志中查到。")
     outcome = FhirError(
         500, "exception", "internal error; the request id identifies it in the server log"
     ).outcome()
@@ -90,6 +101,8 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     api.include_router(identity.router)
     api.include_router(ingest.router)
     api.include_router(recognition.router)
+    web.install(api)  # the web workstation: pages at /, assets at /static
+    api.include_router(access.router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

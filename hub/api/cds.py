@@ -37,7 +37,7 @@ from hub.recognition.rules import RequestedCode
 from hub.recognition.service import CheckQuery, ReminderContext
 from hub.security import policy
 from hub.security.cds_clients import UntrustedClient, is_hub_token
-from hub.security.principals import Principal
+from hub.security.principals import ClientKind, Principal
 
 PREFIX = "/cds-services"
 
@@ -268,6 +268,11 @@ async def call_service(request: Request) -> Response:
                 raise
             return json_answer({"cards": [identity_card(error.diagnostics)]})
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
+        if principal.kind == ClientKind.DOCTOR and check.person.patients:
+            # Ordering for this patient is a purpose of use: the EHR may now read the record.
+            await hub.records.access.ordering(
+                connection, principal, check.person.patients[0], f"cds:{service_id}"
+            )
         if not check.found:
             return json_answer({"cards": []})
         user = context.get("userId") if isinstance(context.get("userId"), str) else None

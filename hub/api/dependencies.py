@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -74,10 +74,17 @@ class AuditScope:
     entities: list[str] = field(default_factory=list)
     status: int = 200
     query: str | None = None
+    # The caller's purposes of use (``hub.access.service.Access``) when reads relied on them.
+    access: Any = None
 
     def capture(self, uow: UnitOfWork) -> None:
         self.patients |= uow.patients
         self.entities += uow.entities
+        if uow.access is not None:
+            self.access = uow.access
+
+    def purposes(self) -> list[str]:
+        return self.access.purposes(self.patients) if self.access is not None else []
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +110,8 @@ async def audited(
         raise
     finally:
         hub = get_hub(request)
+        if detail is None and (purposes := scope.purposes()):
+            detail = "purpose: " + ", ".join(purposes)  # e.g. "purpose: break-glass"
         record = AuditRecord.for_status(
             scope.status,
             action=action,

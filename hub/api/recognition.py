@@ -158,6 +158,11 @@ async def reusable_results(request: Request) -> Response:
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
         if not check.found:
             raise FhirError(404, "not-found", "no patient with that id or identifier")
+        if principal.kind == ClientKind.DOCTOR and check.person.patients:
+            # Checking before an order is ordering for this patient: a purpose of use.
+            await hub.records.access.ordering(
+                connection, principal, check.person.patients[0], "reusable-results"
+            )
         audit.entities += [
             v.result.primary.reference for v in check.verdicts if v.reusable and v.result
         ]

@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 import fhir_profiles
+from hub.access.consents import is_opt_out
+from hub.access.repository import AccessRepository
 from hub.fhir.outcomes import FhirError, bad_request
 from hub.identity.service import IdentityService
 from hub.ingest.registry import CodeMapCache
@@ -58,6 +60,7 @@ class Check:
     ordering: Institution
     contents: dict[str, dict[str, Any]] = field(default_factory=dict)
     reminders: dict[int, uuid.UUID] = field(default_factory=dict)  # verdict index → reminder
+    opted_out: bool = False  # the patient opted out of sharing: only the orderer's own results
 
     @property
     def patient(self) -> str | None:
@@ -183,11 +186,20 @@ class RecognitionService:
         wanted = [r for _, r in requests if r is not None]
         codes = sorted({token.partition("|")[2] for token in catalogue.result_codes(wanted)})
         candidates = await repo.candidates(person.patients, codes) if codes else []
+        if candidates and await self._opted_out(repo, person.patients):
+            # A patient's opt-out: no other hospital's result is offered (hub.access.consents).
+            check.opted_out = True
+            candidates = [c for c in candidates if c.performer == query.organization]
         situation = Situation(at, ordering, institutions, self.zone)
         check.verdicts = evaluate(catalogue, requests, candidates, situation)
         pks = [m.pk for v in check.verdicts if v.reusable and v.result for m in v.result.members]
         check.contents = await repo.contents(pks)
         return check
+
+    @staticmethod
+    async def _opted_out(repo: RecognitionRepository, patients: list[str]) -> bool:
+        consents = await AccessRepository(repo.connection).consents(patients)
+        return any(is_opt_out(content) for _, _, content in consents)
 
     async def _requests(
         self, catalogue: Catalogue, codes: Sequence[RequestedCode]

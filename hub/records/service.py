@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 import fhir_profiles
+from hub.access.service import AccessService, Lifetimes
 from hub.fhir import validation
 from hub.fhir.datetimes import DateFormatError, instant, parse_range
 from hub.fhir.indexing import Indexer
@@ -91,6 +92,8 @@ class RecordService:
             for entry in compartment.get("resource", [])
             for param in entry.get("param", [])
         ]
+        # Purposes of use narrow every read of a doctor or consultant (``hub.access``).
+        self.access = AccessService(self.compartment_members, CLINICAL_DATES, Lifetimes())
         self._patient_paths: dict[str, CompiledPath] = {}
         for resource_type, param in self.compartment_members:
             definition = registry.get(resource_type, param)
@@ -102,6 +105,29 @@ class RecordService:
                 self._patient_paths[resource_type] = compile_expression(expression).for_type(
                     resource_type
                 )
+
+    # -- access by purpose ----------------------------------------------------------------------
+
+    async def read_access(self, uow: UnitOfWork, principal: Principal) -> policy.AccessFilter:
+        """The caller's row filter: the policy's rules narrowed by its purposes of use."""
+        if uow.access is None:
+            uow.access = await self.access.access(uow.connection, principal)
+        access_filter: policy.AccessFilter = uow.access.filter
+        return access_filter
+
+    async def _may_read(
+        self, uow: UnitOfWork, principal: Principal, stored: StoredResource | None
+    ) -> bool:
+        if stored is None or not policy.may_read_row(
+            principal, stored.resource_type, stored.owner_org
+        ):
+            return False
+        access = await self.read_access(uow, principal)
+        if access.scopes is None or stored.resource_type not in access.patient_types:
+            return True
+        return await self.access.visible(
+            uow.connection, access, stored.resource_type, stored.resource_id
+        )
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -116,7 +142,7 @@ class RecordService:
                 raise not_found(resource_type, resource_id)
             return event
         stored = await uow.resources.current(resource_type, resource_id)
-        return self._visible(uow, principal, stored, resource_type, resource_id)
+        return await self._visible(uow, principal, stored, resource_type, resource_id)
 
     async def vread(
         self,
@@ -133,11 +159,11 @@ class RecordService:
         if not version.isdigit():
             raise not_found(resource_type, f"{resource_id}/_history/{version}")
         stored = await uow.resources.version(resource_type, resource_id, int(version))
-        return self._visible(
+        return await self._visible(
             uow, principal, stored, resource_type, f"{resource_id}/_history/{version}"
         )
 
-    def _visible(
+    async def _visible(
         self,
         uow: UnitOfWork,
         principal: Principal,
@@ -146,7 +172,7 @@ class RecordService:
         label: str,
     ) -> StoredResource:
         """A stored version the principal may see: 404 if absent or not theirs, 410 if deleted."""
-        if stored is None or not policy.may_read_row(principal, resource_type, stored.owner_org):
+        if stored is None or not await self._may_read(uow, principal, stored):
             raise not_found(resource_type, label)
         if stored.deleted:
             raise gone(resource_type, label)
@@ -250,7 +276,7 @@ class RecordService:
             keys.append(_lock_key(resource_type, query, request))
         await uow.resources.advisory_locks(keys)
         return await uow.resources.by_tokens(
-            "identifier", wanted, policy.read_filter(principal), lock=uow.in_transaction
+            "identifier", wanted, await self.read_access(uow, principal), lock=uow.in_transaction
         )
 
     async def update(
@@ -609,7 +635,7 @@ class RecordService:
         request.count = 2
         # Serialise concurrent conditional writes of the same criteria: no duplicate on replay.
         await uow.resources.advisory_lock(_lock_key(resource_type, query, request))
-        page = await uow.resources.search(request, policy.read_filter(principal))
+        page = await uow.resources.search(request, await self.read_access(uow, principal))
         return page.rows
 
     # -- search -------------------------------------------------------------------------------
@@ -627,7 +653,7 @@ class RecordService:
         request = self._parse(resource_type, query, strict)
         if resource_type == "AuditEvent":
             return await self._search_audit_log(uow, request)
-        access = policy.read_filter(principal)
+        access = await self.read_access(uow, principal)
         if request.summary_count or request.count == 0:
             total = await uow.resources.count(request, access)
             return SearchResult(request, Page([], None, None), total=total)
@@ -720,9 +746,7 @@ class RecordService:
             policy.require(principal, t, READ)
         if resource_type and resource_id:
             current = await uow.resources.current(resource_type, resource_id)
-            if current is None or not policy.may_read_row(
-                principal, resource_type, current.owner_org
-            ):
+            if not await self._may_read(uow, principal, current):
                 raise not_found(resource_type, resource_id)
         since = None
         if "_since" in query:
@@ -734,7 +758,7 @@ class RecordService:
         count = _count(query, default_count, self.parser.max_count)
         cursor = Cursor.decode(query["_cursor"]) if "_cursor" in query else None
         page = await uow.resources.history(
-            resource_type, resource_id, since, count, cursor, policy.read_filter(principal)
+            resource_type, resource_id, since, count, cursor, await self.read_access(uow, principal)
         )
         for stored in page.rows:
             self.note(uow, stored)  # entities and their patients, for the audit record
@@ -793,12 +817,12 @@ class RecordService:
             date_params,
             count,
             cursor,
-            policy.read_filter(principal),
+            await self.read_access(uow, principal),
         )
         referenced = []
         if page.rows:
             referenced = await uow.resources.referenced_by(
-                [r.pk for r in page.rows], policy.read_filter(principal), MAX_INCLUDED
+                [r.pk for r in page.rows], await self.read_access(uow, principal), MAX_INCLUDED
             )
             referenced = [
                 r

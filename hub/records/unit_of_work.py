@@ -43,6 +43,8 @@ class UnitOfWork:
     # Within a transaction Bundle: writes whose result nothing in the Bundle reads are queued
     # here and sent pipelined by ``flush`` (None: every write is sent at once).
     pending: list[PendingWrite] | None = None
+    # The caller's purposes of use (``hub.access.service.Access``), looked up once per unit.
+    access: Any = None
 
     async def flush(self) -> None:
         """Send the queued writes in one pipeline; any that did not apply fails the work."""

@@ -56,11 +56,12 @@ RULES: dict[ClientKind, KindRules] = {
         default_scopes="system/*.cruds",
         identifiers_in_full=True,  # it reads only the records it sent
     ),
+    # Doctors and consultants read a patient's record only inside a purpose-of-use grant
+    # (``hub.access``: care, ordering, EHR launch, break-glass; a consultation's scope).
     ClientKind.DOCTOR: KindRules(
         reads=CLINICAL | DIRECTORY, writes=frozenset(), identity=frozenset({"find"})
     ),
-    # Consultants read nothing until a consultation grants access (a later issue).
-    ClientKind.CONSULTANT: KindRules(reads=frozenset(), writes=frozenset()),
+    ClientKind.CONSULTANT: KindRules(reads=CLINICAL | DIRECTORY, writes=frozenset()),
     ClientKind.ADMIN: KindRules(
         reads=CLINICAL | DIRECTORY | AUDIT,
         writes=CLINICAL | DIRECTORY,

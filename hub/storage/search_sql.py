@@ -44,16 +44,75 @@ RESOURCE_COLUMNS = "pk, res_type, res_id, version_id, last_updated, content"
 
 
 @dataclass(frozen=True)
+class PatientScope:
+    """Part of one person's record that a caller may read (a purpose-of-use grant).
+
+    ``patients``: the person's Patient ids (every linked record). ``resources``: when set, only
+    these ``Type/id`` keys (and the Patients themselves). ``period``: when set, only resources
+    whose clinical date overlaps it (undated ones pass). ``organizations``: when set, only rows
+    owned by these organizations (a patient's opt-out: nothing shared across hospitals).
+    """
+
+    patients: tuple[str, ...]
+    resources: tuple[str, ...] | None = None
+    period: tuple[datetime, datetime] | None = None
+    organizations: tuple[str, ...] | None = None
+
+    def sql(
+        self,
+        sql: Sql,
+        alias: str,
+        members: tuple[tuple[str, str], ...],
+        dates: tuple[tuple[str, str], ...],
+    ) -> str:
+        ids = sql.add(list(self.patients))
+        member_types, member_params = zip(*members, strict=True) if members else ((), ())
+        parts = [
+            f"(({alias}.res_type = 'Patient' AND {alias}.res_id = ANY({ids}::text[])) OR "
+            f"{alias}.pk IN (SELECT x.pk FROM idx_reference x JOIN unnest("
+            f"{sql.add(list(member_types))}::text[], {sql.add(list(member_params))}::text[]) "
+            f"AS m(t, p) ON x.res_type = m.t AND x.param = m.p WHERE x.target_type = 'Patient' "
+            f"AND x.target_id = ANY({ids}::text[])))"
+        ]
+        if self.resources is not None:
+            keys = sql.add(list(self.resources))
+            parts.append(
+                f"({alias}.res_type = 'Patient' OR "
+                f"({alias}.res_type || '/' || {alias}.res_id) = ANY({keys}::text[]))"
+            )
+        if self.period is not None and dates:
+            dtypes, dparams = zip(*dates, strict=True)
+            dated = (
+                f"SELECT 1 FROM idx_date d JOIN unnest({sql.add(list(dtypes))}::text[], "
+                f"{sql.add(list(dparams))}::text[]) AS m(t, p) ON d.res_type = m.t AND "
+                f"d.param = m.p WHERE d.pk = {alias}.pk"
+            )
+            start, end = sql.add(self.period[0]), sql.add(self.period[1])
+            parts.append(
+                f"(NOT EXISTS ({dated}) OR EXISTS ({dated} AND d.high > {start} AND d.low < {end}))"
+            )
+        if self.organizations is not None:
+            parts.append(f"{alias}.owner_org = ANY({sql.add(list(self.organizations))}::text[])")
+        return "(" + " AND ".join(parts) + ")"
+
+
+@dataclass(frozen=True)
 class AccessFilter:
     """Row-level read restrictions of a caller, applied to every row a query returns.
 
     ``readable``: the types the caller may read (None: all). ``owned_only``: types of which
-    the caller sees only rows owned by ``organization``.
+    the caller sees only rows owned by ``organization``. ``scopes``: when set, rows of the
+    ``patient_types`` (a patient's record) are visible only inside one of these scopes — the
+    caller's purposes of use (``hub.access``); None means no such restriction.
     """
 
     readable: frozenset[str] | None = None
     owned_only: frozenset[str] = frozenset()
     organization: str | None = None
+    scopes: tuple[PatientScope, ...] | None = None
+    patient_types: frozenset[str] = frozenset()
+    members: tuple[tuple[str, str], ...] = ()
+    dates: tuple[tuple[str, str], ...] = ()
 
     def sql(self, sql: Sql, alias: str) -> str:
         parts = []
@@ -64,6 +123,13 @@ class AccessFilter:
             parts.append(
                 f"({alias}.res_type <> ALL({types}::text[]) "
                 f"OR {alias}.owner_org = {sql.add(self.organization)})"
+            )
+        if self.scopes is not None:
+            inside = [s.sql(sql, alias, self.members, self.dates) for s in self.scopes]
+            parts.append(
+                f"({alias}.res_type <> ALL({sql.add(sorted(self.patient_types))}::text[])"
+                + "".join(f" OR {part}" for part in inside)
+                + ")"
             )
         return " AND ".join(parts) or "TRUE"
 
