@@ -1032,6 +1032,7 @@ if __name__ == "__main__":
 
 
 import hub.cli_recognition  # noqa: E402, F401  (registers the recognition commands on `main`)
+from hub import cli_users  # noqa: E402, F401  (registers `yijian users` on `main`)
 from hub.extensions import extension_commands  # noqa: E402
 
 for _command in extension_commands():  # `yijian dicom-scp`, `yijian dicom …` (imaging/)

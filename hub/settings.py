@@ -6,8 +6,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OidcProvider(BaseModel):
+    """A hospital's OpenID Connect identity provider for web single sign-on."""
+
+    name: str = Field(description="short name, used in /login/oidc/{name}")
+    label: str = Field(description="the login button's text, e.g. 市一医院统一身份认证")
+    server_metadata_url: str = Field(description=".../.well-known/openid-configuration")
+    client_id: str
+    client_secret: SecretStr | None = None
+    organization: str = Field(description="Organization id of the users it signs in")
+    default_role: Literal["doctor", "consultant", "admin"] = "doctor"
+    scope: str = "openid profile email"
 
 
 class Settings(BaseSettings):
@@ -98,6 +111,26 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
+
+    # The web workstation (hub/web/).
+    web_session_idle_minutes: int = Field(
+        default=30, description="a web session unused this long ends"
+    )
+    web_session_absolute_hours: int = Field(
+        default=12, description="a web session ends this long after login, used or not"
+    )
+    web_cookie_secure: bool = Field(
+        default=True,
+        description="mark the session cookie Secure; turn off ONLY for a plain-http deployment "
+        "that no browser reaches except on loopback or a trusted network (browsers treat "
+        "http://127.0.0.1 as secure anyway)",
+    )
+    oidc_providers: list[OidcProvider] = Field(
+        default_factory=list,
+        description="OpenID Connect providers for web single sign-on, a JSON list of objects "
+        "(name, label, server_metadata_url, client_id, client_secret, organization, "
+        "default_role, scope)",
+    )
 
     @cached_property
     def resolved_keys_dir(self) -> Path:
