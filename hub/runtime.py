@@ -28,6 +28,7 @@ from hub.settings import Settings
 from hub.storage.database import Database
 
 if TYPE_CHECKING:
+    from hub.consults.service import ConsultService
     from hub.tasks.queue import TaskQueue
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,13 @@ class Hub:
     def cds_clients(self) -> CdsClientKeys:
         """EHRs registered to sign CDS Hooks requests with their own keys."""
         return CdsClientKeys()
+
+    @functools.cached_property
+    def consults(self) -> ConsultService:
+        """Telemedicine consultations (open, reply, revoke)."""
+        from hub.consults.service import ConsultService
+
+        return ConsultService(self)
 
     @functools.cached_property
     def ingest(self) -> IngestService:

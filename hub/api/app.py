@@ -21,7 +21,18 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from hub import __version__
-from hub.api import access, admin, auth, cds, fhir, identity, ingest, operations, recognition
+from hub.api import (
+    access,
+    admin,
+    auth,
+    cds,
+    consults,
+    fhir,
+    identity,
+    ingest,
+    operations,
+    recognition,
+)
 from hub.api.middleware import ObservabilityMiddleware
 from hub.api.responses import fhir_response
 from hub.extensions import extension_routes
@@ -103,6 +114,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> ASGIApp:
     api.include_router(recognition.router)
     web.install(api)  # the web workstation: pages at /, assets at /static
     api.include_router(access.router)
+    api.include_router(consults.router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
