@@ -28,6 +28,8 @@ PAGE_MODULES = (
     "hub.web.pages.workstation",
     "hub.web.pages.consults",
     "hub.web.pages.operator",
+    "hub.web.pages.access",
+    "hub.web.pages.launch",
 )
 
 
