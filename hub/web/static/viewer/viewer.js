@@ -109,9 +109,12 @@
     var found = Number(value(item, tag));
     return Number.isFinite(found) ? found : fallback;
   }
+  /** A Person Name as people write it: characters (张三) first, else the Latin form. */
   function personName(item, tag) {
     var name = value(item, tag);
-    return name ? name.Alphabetic || name.Ideographic || "" : "";
+    if (!name) return "";
+    if (name.Ideographic) return name.Ideographic.replace(/\^/g, "");
+    return (name.Alphabetic || "").replace(/\^+/g, " ").trim();
   }
 
   // -- multipart/related ---------------------------------------------------------------------
@@ -804,6 +807,7 @@
           image,
           cornerstone.getDefaultViewportForImage(element, image)
         );
+        showStatus("");
         if (!state.ready) element.focus({ preventScroll: true });
       });
     });
