@@ -27,7 +27,7 @@ from pydicom.uid import generate_uid
 
 from hub.web import viewer
 from tests.conftest import Client, HubUnderTest, unique
-from tests.imaging_support import fresh_copy
+from tests.imaging_support import fresh_copy, testdata
 
 WEB = Path(viewer.__file__).resolve().parent
 CT_WINDOW = (40.0, 400.0)  # (center, width) stored in the CT copies
@@ -45,8 +45,6 @@ def first_stored_value(number: int) -> int:
 
 
 def fresh_copy_source() -> str:
-    from tests.imaging_support import testdata
-
     return str(testdata("CT_small.dcm"))
 
 
@@ -306,3 +304,114 @@ def test_viewer_page_without_assets_says_how_to_build_them() -> None:
         assert "viewer assets not built: run make assets" in html
         assert "cornerstone" not in html
     assert viewer.assets_built(Path("/nonexistent")) is False
+
+
+@pytest.fixture(scope="module")
+def formats(hub: HubUnderTest, hospital_a: Client, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A study of the pixel formats the browser decodes itself: series 1 a three-frame MR
+    (frame k adds 100·k), series 2 a MONOCHROME1 CT, series 3 an RGB ultrasound image,
+    series 4 an MR stored big endian (the hub sends its frames little endian)."""
+    directory = tmp_path_factory.mktemp("viewer-formats")
+    study_uid = generate_uid()
+    patient = {"PatientID": f"F-{unique()}", "PatientName": "LI^NA"}
+    mr = pydicom.dcmread(str(testdata("MR_small.dcm"))).pixel_array
+    frames = np.stack([(mr.astype(np.int32) + 100 * k).astype(mr.dtype) for k in range(1, 4)])
+    series = [generate_uid() for _ in range(4)]
+    files = [
+        fresh_copy(
+            "MR_small.dcm",
+            directory,
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series[0],
+            SeriesNumber=1,
+            NumberOfFrames=3,
+            PixelData=frames.tobytes(),
+            **patient,
+        ),
+        fresh_copy(
+            "CT_small.dcm",
+            directory,
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series[1],
+            SeriesNumber=2,
+            PhotometricInterpretation="MONOCHROME1",
+            **patient,
+        ),
+        fresh_copy(
+            "examples_rgb_color.dcm",
+            directory,
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series[2],
+            SeriesNumber=3,
+            **patient,
+        ),
+        fresh_copy(
+            "MR_small_bigendian.dcm",
+            directory,
+            StudyInstanceUID=study_uid,
+            SeriesInstanceUID=series[3],
+            SeriesNumber=4,
+            **patient,
+        ),
+    ]
+    stow(hub, hospital_a, files)
+    return {"study": study_uid, "series": series, "mr": mr}
+
+
+def displayed(page: Any) -> dict[str, Any]:
+    """The displayed cornerstone image: color, size, first pixel's values, and the viewport."""
+    return dict(
+        page.evaluate(
+            """() => {
+                const element = document.querySelector('.viewer-viewport');
+                const image = cornerstone.getImage(element);
+                const data = image.getPixelData();
+                return {imageId: image.imageId, color: image.color, rows: image.rows,
+                        columns: image.columns, first: Array.from(data.slice(0, 4)),
+                        invert: cornerstone.getViewport(element).invert};
+            }"""
+        )
+    )
+
+
+def test_multi_frame_monochrome1_rgb_and_big_endian_decoded_in_the_browser(
+    page: Any, hub: HubUnderTest, admin: Client, formats: dict[str, Any], screenshot: Any
+) -> None:
+    open_viewer(page, hub, admin, formats["study"], "zh-CN")
+    mr = formats["mr"]
+    items = page.locator(".viewer-series-item")
+    assert items.count() == 4
+
+    # A multi-frame instance: one image per frame, scrolled by frame (End = the last).
+    assert state(page)["count"] == 3
+    assert displayed(page)["first"][0] == int(mr[0, 0]) + 100
+    page.keyboard.press("End")
+    wait_until(page, "s.index === 2 && s.frame === 3")
+    wait_for_first_value(page, int(mr[0, 0]) + 300)
+    assert "帧 3 / 3" in page.inner_text('[data-overlay="image"]')
+    screenshot(page, "multi-frame")
+
+    # MONOCHROME1: shown inverted.
+    items.nth(1).click()
+    wait_until(page, f"s.seriesUid === '{formats['series'][1]}' && s.invert === true")
+    assert displayed(page)["invert"] is True
+    screenshot(page, "monochrome1")
+
+    # RGB: a colour image whose first pixel is the stored one (RGBA for cornerstone).
+    items.nth(2).click()
+    wait_until(page, f"s.seriesUid === '{formats['series'][2]}' && s.invert === false")
+    rgb = pydicom.dcmread(str(testdata("examples_rgb_color.dcm"))).pixel_array
+    shown = displayed(page)
+    assert shown["color"] is True
+    assert (shown["rows"], shown["columns"]) == rgb.shape[:2]
+    assert shown["first"] == [*(int(v) for v in rgb[0, 0]), 255]
+    assert not state(page)["renderedFallback"]
+    screenshot(page, "rgb")
+
+    # Big endian storage: the values arrive right.
+    items.nth(3).click()
+    wait_until(page, f"s.seriesUid === '{formats['series'][3]}'")
+    big = pydicom.dcmread(str(testdata("MR_small_bigendian.dcm"))).pixel_array
+    wait_for_first_value(page, int(big[0, 0]))
+    assert not state(page)["renderedFallback"]
+    assert page.yijian_errors == [], page.yijian_errors
