@@ -6,10 +6,7 @@ values, stored out of order) and a JPEG 2000 MR instance in a second series are 
 STOW-RS as hospital_a. The page is viewer.html rendered with ``viewer_context`` and an admin
 token, served at a hub URL through Playwright's routing (same origin as /dicomweb); the
 workstation's own route is tested through login elsewhere. Everything else is real: the hub's
-DICOMweb, its static files, the vendor builds from npm.
-
-Until the web skeleton mounts ``/static`` on the hub, the static files are answered from
-hub/web/static by the same routing (said in the test output).
+DICOMweb, its /static files, the vendor builds from npm.
 """
 
 from __future__ import annotations
@@ -27,7 +24,8 @@ from pydicom.uid import generate_uid
 
 from hub.web import viewer
 from tests.conftest import Client, HubUnderTest, unique
-from tests.imaging_support import fresh_copy, testdata
+from tests.imaging_support import fresh_copy
+from tests.imaging_support import testdata as sample_file
 
 WEB = Path(viewer.__file__).resolve().parent
 CT_WINDOW = (40.0, 400.0)  # (center, width) stored in the CT copies
@@ -45,7 +43,7 @@ def first_stored_value(number: int) -> int:
 
 
 def fresh_copy_source() -> str:
-    return str(testdata("CT_small.dcm"))
+    return str(sample_file("CT_small.dcm"))
 
 
 def template(name: str) -> Any:
@@ -134,19 +132,6 @@ def open_viewer(page: Any, hub: HubUnderTest, admin: Client, study_uid: str, lan
     )
     url = f"{hub.base_url}/viewer-under-test/{study_uid}"
     page.route(url, lambda route: route.fulfill(status=200, body=html, content_type="text/html"))
-    served = httpx.get(f"{hub.base_url}/static/viewer/viewer.js", timeout=10)
-    if served.status_code != 200:
-        print("the hub does not serve /static yet: static files answered from hub/web/static")
-
-        def from_disk(route: Any) -> None:
-            relative = route.request.url.split("/static/", 1)[1].split("?")[0]
-            path = (WEB / "static" / relative).resolve()
-            if (WEB / "static") not in path.parents or not path.is_file():
-                route.fulfill(status=404, body="not found")
-            else:
-                route.fulfill(path=str(path))
-
-        page.route(f"{hub.base_url}/static/**", from_disk)
     page.goto(url)
     page.wait_for_selector('.viewer-viewport[data-ready="true"]')
 
@@ -314,7 +299,7 @@ def formats(hub: HubUnderTest, hospital_a: Client, tmp_path_factory: pytest.Temp
     directory = tmp_path_factory.mktemp("viewer-formats")
     study_uid = generate_uid()
     patient = {"PatientID": f"F-{unique()}", "PatientName": "LI^NA"}
-    mr = pydicom.dcmread(str(testdata("MR_small.dcm"))).pixel_array
+    mr = pydicom.dcmread(str(sample_file("MR_small.dcm"))).pixel_array
     frames = np.stack([(mr.astype(np.int32) + 100 * k).astype(mr.dtype) for k in range(1, 4)])
     series = [generate_uid() for _ in range(4)]
     files = [
@@ -400,7 +385,7 @@ def test_multi_frame_monochrome1_rgb_and_big_endian_decoded_in_the_browser(
     # RGB: a colour image whose first pixel is the stored one (RGBA for cornerstone).
     items.nth(2).click()
     wait_until(page, f"s.seriesUid === '{formats['series'][2]}' && s.invert === false")
-    rgb = pydicom.dcmread(str(testdata("examples_rgb_color.dcm"))).pixel_array
+    rgb = pydicom.dcmread(str(sample_file("examples_rgb_color.dcm"))).pixel_array
     shown = displayed(page)
     assert shown["color"] is True
     assert (shown["rows"], shown["columns"]) == rgb.shape[:2]
@@ -411,7 +396,7 @@ def test_multi_frame_monochrome1_rgb_and_big_endian_decoded_in_the_browser(
     # Big endian storage: the values arrive right.
     items.nth(3).click()
     wait_until(page, f"s.seriesUid === '{formats['series'][3]}'")
-    big = pydicom.dcmread(str(testdata("MR_small_bigendian.dcm"))).pixel_array
+    big = pydicom.dcmread(str(sample_file("MR_small_bigendian.dcm"))).pixel_array
     wait_for_first_value(page, int(big[0, 0]))
     assert not state(page)["renderedFallback"]
     assert page.yijian_errors == [], page.yijian_errors
