@@ -139,7 +139,7 @@ def users_list(as_json: bool) -> None:
         )
 
 
-def _change(username: str, interaction: str, change: Any) -> None:
+def _change(username: str, interaction: str, change: Any) -> Any:
     """Run ``change(accounts, sessions, login)``; fail when there is no such account."""
     from hub.web.accounts import AccountRepository
     from hub.web.sessions import SessionStore

@@ -8,6 +8,7 @@ adds ``csrf_protect``, so no page author has to remember it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -119,7 +120,7 @@ CurrentUser = Annotated[WebUser, Depends(current_user)]
 """The signed-in user of a page (a redirect to ``/login`` without one)."""
 
 
-def require_role(*roles: ClientKind):  # type: ignore[no-untyped-def]
+def require_role(*roles: ClientKind) -> Callable[[WebUser], Awaitable[WebUser]]:
     """A dependency: the signed-in user, when their role is one of ``roles``; else 403."""
 
     async def dependency(user: CurrentUser) -> WebUser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 
 
 def render_error(
-    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+    request: Request, status_code: int, message: str, headers: Mapping[str, str] | None = None
 ) -> HTMLResponse:
     """The error page (a status, a message, a way back)."""
     response = render(request, "error.html", status_code, status=status_code, message=message)
