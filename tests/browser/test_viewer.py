@@ -122,18 +122,29 @@ def study(hub: HubUnderTest, hospital_a: Client, tmp_path_factory: pytest.TempPa
     return {"study": study_uid, "ct": ct_series, "mr": mr_series}
 
 
-def open_viewer(page: Any, hub: HubUnderTest, admin: Client, study_uid: str, lang: str) -> None:
-    """viewer.html for ``study_uid`` at {hub}/viewer-under-test/..., as a web route would."""
+def open_viewer(
+    page: Any,
+    hub: HubUnderTest,
+    admin: Client,
+    study_uid: str,
+    lang: str,
+    token: str | None = None,
+    wait: bool = True,
+) -> None:
+    """viewer.html for ``study_uid`` at {hub}/viewer-under-test/..., as a web route would,
+    with the admin's token unless ``token`` is given."""
     if not viewer.assets_built():
         pytest.fail("viewer assets not built: run make assets (npm ci + build_assets.mjs)")
-    token = str(admin.http.headers["Authorization"]).removeprefix("Bearer ")
+    if token is None:
+        token = str(admin.http.headers["Authorization"]).removeprefix("Bearer ")
     html = template("viewer.html").render(
         viewer.viewer_context(study_uid, "/dicomweb", token, lang, "/")
     )
     url = f"{hub.base_url}/viewer-under-test/{study_uid}"
     page.route(url, lambda route: route.fulfill(status=200, body=html, content_type="text/html"))
     page.goto(url)
-    page.wait_for_selector('.viewer-viewport[data-ready="true"]')
+    if wait:
+        page.wait_for_selector('.viewer-viewport[data-ready="true"]')
 
 
 def state(page: Any) -> dict[str, Any]:
@@ -400,3 +411,16 @@ def test_multi_frame_monochrome1_rgb_and_big_endian_decoded_in_the_browser(
     wait_for_first_value(page, int(big[0, 0]))
     assert not state(page)["renderedFallback"]
     assert page.yijian_errors == [], page.yijian_errors
+
+
+def test_a_refused_token_is_said_on_the_page(
+    page: Any, hub: HubUnderTest, admin: Client, study: dict[str, str], screenshot: Any
+) -> None:
+    open_viewer(page, hub, admin, study["study"], "zh-CN", token="not-a-token", wait=False)
+    status = page.locator(".viewer-status.viewer-error")
+    status.wait_for()
+    assert "影像加载失败" in status.inner_text()
+    assert "401" in status.inner_text()
+    assert page.locator(".viewer-viewport").get_attribute("data-ready") == "false"
+    assert state(page)["ready"] is False
+    screenshot(page, "refused")

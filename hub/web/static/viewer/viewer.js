@@ -583,6 +583,9 @@
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
+    // Only while the viewer (or nothing in particular) has the focus: other widgets of a
+    // page that embeds it keep their keys.
+    if (target !== document.body && !root.contains(target)) return;
     var handled = true;
     switch (event.key) {
       case "ArrowUp":
