@@ -57,6 +57,16 @@ WORKER_STOP_SECONDS = 30.0
 DROP_WAIT_SECONDS = 30.0
 
 
+# Web workstation accounts: role → (username, display name, hospital, fixed demo password).
+# The doctor works at hospital 2, where 王芳 and 陈晓明 are patients; the consultant at
+# hospital 3; the operator at hospital 1.
+WEB_USERS = (
+    ("doctor", "张医生 (Dr. Zhang)", "DEMO-H2", "doctor-demo-2026"),
+    ("consultant", "刘主任 (Dir. Liu)", "DEMO-H3", "consultant-demo-2026"),
+    ("admin", "平台运维 (Operator)", "DEMO-H1", "admin-demo-2026"),
+)
+
+
 @dataclass(frozen=True)
 class DemoHospital:
     code: str
@@ -559,6 +569,7 @@ async def _start(
     hub = parts.hub
     data_dir = settings.data_dir.resolve()
     credentials = await _register(hub)
+    await _register_web_users(hub, credentials)
     backfill = await _register_feeds(hub, credentials, data_dir)
     parts.worker, parts.worker_log = _start_worker(url, data_dir)
     if demo_imaging.receiver_available():
@@ -647,6 +658,27 @@ async def _register(hub: Hub) -> dict[str, dict[str, str]]:
                 client_id, secret = client.client_id, await registry.reset_secret(client.client_id)
             credentials[role] = {"client_id": client_id, "client_secret": secret, "org": org}
     return credentials
+
+
+async def _register_web_users(hub: Hub, credentials: dict[str, dict[str, str]]) -> None:
+    """The demo's web accounts, with their fixed passwords (set again on every run)."""
+    from hub.security.principals import ClientKind
+    from hub.web.accounts import AccountRepository, hash_password
+
+    hospital_orgs = {
+        code: credentials[f"hospital:{code}"]["org"] for code in (h.code for h in HOSPITALS)
+    }
+    async with hub.database.connection() as conn:
+        accounts = AccountRepository(conn)
+        for role, name, hospital, password in WEB_USERS:
+            password_hash = await hash_password(password)
+            if await accounts.get(role) is None:
+                await accounts.create(
+                    role, name, ClientKind(role), hospital_orgs[hospital], password_hash
+                )
+            else:
+                await accounts.set_password(role, password_hash)
+                await accounts.set_active(role, True)
 
 
 def _recognition_extensions(number: int) -> list[dict[str, Any]]:
@@ -1087,9 +1119,15 @@ def _print_banner(
             " of 赵丽 stored (hospital 3; linked to its CT report by accession number)"
         )
     lines += [f"  ! not accepted: {problem}" for problem in inbound.problems]
+    if parts.dicom is None:
+        lines.append("  Not yet in this build: DICOM receiver (imaging package missing)")
     lines += [
-        "  Not yet in this build: web workstation"
-        + ("" if parts.dicom is not None else ", DICOM receiver (imaging package missing)"),
+        "",
+        f"Web workstation: {base}/  (中文; English: {base}/lang/en)",
+        *(
+            f"  {role:<11} password {password:<21} {name}, {hospital}"
+            for role, name, hospital, password in WEB_USERS
+        ),
         "",
         "Feeds (PID-3 authorities: DEMO-Hn → the hospital's MRN, SFZ → resident ID):",
     ]

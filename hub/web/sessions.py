@@ -22,6 +22,22 @@ from hub.settings import Settings
 SESSION_COOKIE = "yijian_session"
 MFA_PENDING_LIFETIME = timedelta(minutes=5)
 
+# The live session of a cookie, and its last use moved to now — written at most every 30
+# seconds, so a page with many htmx requests does not rewrite the row for each of them.
+_TOUCH = """
+WITH live AS (
+    SELECT s.id_hash, s.username, u.display_name, u.role, u.organization, s.csrf_token,
+           s.mfa_pending, s.lang, s.last_seen_at
+    FROM web_session s JOIN web_user u ON u.username = s.username
+    WHERE s.id_hash = $1 AND u.active AND s.expires_at > now()
+      AND s.last_seen_at > now() - $2::interval
+), touched AS (
+    UPDATE web_session SET last_seen_at = now()
+    WHERE id_hash = (SELECT id_hash FROM live WHERE last_seen_at < now() - interval '30 seconds')
+)
+SELECT username, display_name, role, organization, csrf_token, mfa_pending, lang FROM live
+"""
+
 
 def session_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
@@ -74,17 +90,9 @@ class SessionStore:
         return NewSession(token, csrf)
 
     async def touch(self, token: str) -> SessionRecord | None:
-        """The live session of a cookie value, marked as used now; None when there is none
+        """The live session of a cookie value, marked as used (see ``_TOUCH``); None when none
         (unknown, idle too long, past its absolute limit, or its user disabled)."""
-        row = await self.conn.fetchrow(
-            "UPDATE web_session s SET last_seen_at = now() FROM web_user u"
-            " WHERE s.id_hash = $1 AND u.username = s.username AND u.active"
-            " AND s.expires_at > now() AND s.last_seen_at > now() - $2::interval"
-            " RETURNING s.username, u.display_name, u.role, u.organization, s.csrf_token,"
-            " s.mfa_pending, s.lang",
-            session_hash(token),
-            self.idle,
-        )
+        row = await self.conn.fetchrow(_TOUCH, session_hash(token), self.idle)
         if row is None:
             return None
         return SessionRecord(
