@@ -1037,3 +1037,4 @@ from hub.extensions import extension_commands  # noqa: E402
 
 for _command in extension_commands():  # `yijian dicom-scp`, `yijian dicom …` (imaging/)
     main.add_command(_command)
+from hub import cli_smart  # noqa: E402, F401  (registers `yijian smart-apps` on `main`)

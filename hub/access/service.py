@@ -105,6 +105,8 @@ class AccessService:
             return Access(base, [], frozenset())
         repository = AccessRepository(connection)
         grants = await repository.live(principal.client_id)
+        if principal.patient is not None:  # a SMART patient-level token: that patient only
+            grants = [g for g in grants if principal.patient in g.patients]
         opted_out: set[str] = set()
         if grants:
             ids = sorted({i for g in grants for i in g.patients})

@@ -20,3 +20,5 @@ class Principal:
     kind: ClientKind
     organization: str  # Organization resource id
     scopes: frozenset[str]
+    # A SMART patient-level token: only this patient's record (with a purpose of use for it).
+    patient: str | None = None

@@ -52,8 +52,27 @@ class TokenService:
             "organization": principal.organization,
             "name": principal.name,
         }
+        if principal.patient is not None:
+            claims["patient"] = principal.patient
         token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
         return token, self.lifetime
+
+    def id_token(self, principal: Principal, audience: str, nonce: str | None) -> str:
+        """An OpenID Connect ID token for a SMART app (``openid`` scope): who signed in."""
+        now = int(time.time())
+        key = self.keyring.signing_key
+        claims: dict[str, object] = {
+            "iss": self.issuer,
+            "sub": principal.client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + self.lifetime,
+            "name": principal.name,
+            "organization": principal.organization,
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
 
     def sign_link(self, subject: str, purpose: str, lifetime: int) -> str:
         """A signed, expiring token naming ``subject`` for one ``purpose`` (a link in a CDS
@@ -125,6 +144,7 @@ class TokenService:
                 kind=ClientKind(claims["client_kind"]),
                 organization=claims["organization"],
                 scopes=frozenset(claims["scope"].split()),
+                patient=claims.get("patient"),
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the access token has expired") from None

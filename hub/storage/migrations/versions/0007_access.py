@@ -69,10 +69,35 @@ CREATE TABLE consult (
 CREATE INDEX consult_consultant ON consult (consultant, expires_at DESC);
 CREATE INDEX consult_requester ON consult (requester, created_at DESC);
 CREATE INDEX consult_patient ON consult (patient_id);
+
+-- SMART App Launch: apps that may ask a signed-in user for authorization, and the one-time
+-- authorization codes issued to them (hashed).
+CREATE TABLE smart_app (
+    client_id      text        PRIMARY KEY,
+    name           text        NOT NULL,
+    redirect_uris  text[]      NOT NULL,
+    secret_hash    text,                    -- NULL: a public client (PKCE alone)
+    scopes         text        NOT NULL,    -- the most it may be granted
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    revoked_at     timestamptz
+);
+CREATE TABLE smart_authorization (
+    code_hash       bytea       PRIMARY KEY,
+    client_id       text        NOT NULL,
+    redirect_uri    text        NOT NULL,
+    username        text        NOT NULL,
+    patient_id      text,
+    scope           text        NOT NULL,
+    code_challenge  text        NOT NULL,
+    nonce           text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL,
+    used_at         timestamptz
+);
 """
 
 DOWNGRADE = """
-DROP TABLE consult; DROP TABLE access_grant;
+DROP TABLE smart_authorization; DROP TABLE smart_app; DROP TABLE consult; DROP TABLE access_grant;
 """
 
 
