@@ -7,8 +7,10 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from hub.access.service import Lifetimes
 from hub.fhir.datetimes import zone
 from hub.fhir.indexing import Indexer
 from hub.fhir.search import SearchParser
@@ -65,11 +67,18 @@ class Hub:
         keyring = KeyRing(settings.resolved_keys_dir)
         tokens = TokenService(keyring, settings.token_issuer, settings.token_lifetime_seconds)
         audit = AuditWriter(database.connection, load_audit_key(settings.resolved_keys_dir))
+        records = RecordService(registry, indexer, parser, identity)
+        records.access.lifetimes = Lifetimes(
+            care=timedelta(hours=settings.access_care_hours),
+            ordering=timedelta(hours=settings.access_ordering_hours),
+            launch=timedelta(hours=settings.access_launch_hours),
+            break_glass=timedelta(minutes=settings.access_break_glass_minutes),
+        )
         return cls(
             settings,
             database,
             registry,
-            RecordService(registry, indexer, parser, identity),
+            records,
             keyring,
             tokens,
             audit,

@@ -119,6 +119,18 @@ class Settings(BaseSettings):
     web_session_absolute_hours: int = Field(
         default=12, description="a web session ends this long after login, used or not"
     )
+    access_care_hours: float = Field(
+        default=8, description="a doctor's access to a patient opened in their care lasts this long"
+    )
+    access_ordering_hours: float = Field(
+        default=2, description="access from an order (CDS Hooks, a card link) lasts this long"
+    )
+    access_launch_hours: float = Field(
+        default=8, description="access from an EHR launch (SMART) lasts this long"
+    )
+    access_break_glass_minutes: float = Field(
+        default=60, description="emergency (break-glass) access lasts this long"
+    )
     web_cookie_secure: bool = Field(
         default=True,
         description="mark the session cookie Secure; turn off ONLY for a plain-http deployment "

@@ -18,7 +18,9 @@ CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 def _codes(concept: Any) -> set[str]:
     if not isinstance(concept, dict):
         return set()
-    return {c.get("code") for c in concept.get("coding", []) if isinstance(c, dict)}
+    return {
+        str(c["code"]) for c in concept.get("coding", []) if isinstance(c, dict) and "code" in c
+    }
 
 
 def _covers(period: Any, now: datetime) -> bool:
