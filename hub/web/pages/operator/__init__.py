@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from hub.web.pages.operator import hospitals, overview, unmapped
+from hub.web.pages.operator import (
+    catalogue,
+    dead_letters,
+    hospitals,
+    identity,
+    overview,
+    statistics,
+    unmapped,
+)
 
 router = APIRouter()
-for _module in (overview, hospitals, unmapped):
+for _module in (overview, hospitals, unmapped, dead_letters, identity, catalogue, statistics):
     router.include_router(_module.router)
