@@ -30,7 +30,7 @@ from hub.fhir.datetimes import zone
 from hub.fhir.outcomes import FhirError
 from hub.records.unit_of_work import unit_of_work
 from hub.runtime import Hub
-from hub.security.principals import ClientKind
+from hub.security.principals import ClientKind, Principal
 from hub.web.dependencies import WebUser, require_role, web_hub
 from hub.web.rendering import render
 
@@ -90,21 +90,24 @@ async def _people(hub: Hub, client_ids: set[str]) -> dict[str, str]:
     return names
 
 
-async def find_person(hub: Hub, text: str) -> tuple[str, list[str]] | None:
+async def find_person(hub: Hub, principal: Principal, text: str) -> tuple[str, list[str]] | None:
     """(the Patient id asked about, every record id of the person) for a Patient id or an
     identifier; None when nothing is found."""
     text = text.strip().removeprefix("Patient/")
     async with unit_of_work(hub.database, transaction=False) as uow:
         repository = AccessRepository(uow.connection)
         if "|" not in text and _PATIENT_ID.fullmatch(text):
-            ids = await repository.group(text)
-            if ids:
-                return text, ids
+            try:
+                await hub.records.read(uow, principal, "Patient", text)
+                return text, await repository.group(text)
+            except FhirError as error:
+                if error.status not in (404, 410):
+                    raise
         candidates = [text] if "|" in text else []
         for key in BARE_IDENTIFIER_SYSTEMS if "|" not in text else ():
             try:
                 candidates.append(hub.identity.systems.by_key(key).uri + "|" + text)
-            except (KeyError, AttributeError):
+            except KeyError:
                 continue
         for source in candidates:
             try:
@@ -131,7 +134,7 @@ async def patient_access(
     if not asked:
         return render(request, "access/patient.html", asked="", found=None)
     async with audited(request, user.principal, "access:patient-log", "R") as audit:
-        found = await find_person(hub, asked)
+        found = await find_person(hub, user.principal, asked)
         if found is None:
             audit.status = 404
             return render(request, "access/patient.html", 404, asked=asked, found=None)
