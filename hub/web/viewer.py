@@ -53,6 +53,14 @@ LABELS: dict[str, tuple[str, str]] = {
     "loading": ("正在加载…", "Loading…"),
     "no_series": ("该检查没有可显示的图像序列。", "This study has no image series to show."),
     "load_failed": ("影像加载失败", "The images could not be loaded"),
+    "unauthorized": (
+        "访问凭证无效或已过期，请刷新页面",
+        "The access token is invalid or has expired: reload the page",
+    ),
+    "not_visible": (
+        "未找到该检查，或您无权查看",
+        "The study was not found, or you may not see it",
+    ),
     "rendered_fallback": (
         "服务器渲染图像（浏览器无法解码此压缩格式，窗宽窗位作用于渲染值）",
         "Server-rendered image (the browser cannot decode this compression; "

@@ -420,7 +420,9 @@ def test_a_refused_token_is_said_on_the_page(
     status = page.locator(".viewer-status.viewer-error")
     status.wait_for()
     assert "影像加载失败" in status.inner_text()
-    assert "401" in status.inner_text()
+    assert "(401)" in status.inner_text()
+    assert "访问凭证无效或已过期" in status.inner_text()
+    assert "401" in state(page)["error"]
     assert page.locator(".viewer-viewport").get_attribute("data-ready") == "false"
     assert state(page)["ready"] is False
     screenshot(page, "refused")

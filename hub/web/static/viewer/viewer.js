@@ -682,7 +682,12 @@
 
   function fail(error) {
     state.error = String((error && error.message) || error);
-    showStatus(labels.load_failed + ": " + state.error, true);
+    var status = error && error.status;
+    var reason =
+      status === 401 ? labels.unauthorized : status === 403 || status === 404
+        ? labels.not_visible
+        : state.error;
+    showStatus(labels.load_failed + (status ? " (" + status + ")" : "") + ": " + reason, true);
     if (window.console) console.error("yijian viewer:", error);
   }
 
