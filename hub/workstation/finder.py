@@ -63,6 +63,15 @@ def candidate_identifiers(
     return found
 
 
+def masked_query(text: str, organization: str, systems: IdentifierSystems) -> str:
+    """What was searched, as the page may show it (protected numbers masked)."""
+    found = candidate_identifiers(text, organization, systems)
+    if not found:
+        return ""
+    system, value = found[0]
+    return systems.mask(system, value)
+
+
 @dataclass
 class PersonHit:
     """One person found: their records at each hospital, shown masked."""

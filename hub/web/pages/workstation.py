@@ -39,6 +39,7 @@ from hub.workstation.finder import (
     find_people,
     is_master,
     load_json,
+    masked_query,
     patient_name,
 )
 from hub.workstation.record import PatientRecord, load_record, organization_names
@@ -64,17 +65,24 @@ MAX_ITEMS = 30
 
 
 @router.get("/")
-async def search_page(request: Request, user: CurrentUser, q: str = "") -> Response:
-    """The doctor's start page: one search box (keyboard or scanner) and the people found."""
+async def search_page(request: Request, user: CurrentUser) -> Response:
+    """The doctor's start page: one search box, for the keyboard or a scanner."""
     if user.role != ClientKind.DOCTOR:
         return RedirectResponse(home_for(str(user.role)), status_code=303)
+    return render(request, "workstation/search.html", searched=False, hits=[], problems=[])
+
+
+@router.post("/")
+async def search(request: Request, user: Doctor, q: Annotated[str, Form()] = "") -> Response:
+    """The people an identifier names. A POST, so that identifiers stay out of URLs (browser
+    history, logs); the page does not echo the number typed, only its masked form."""
     hub = web_hub(request)
+    principal = user.principal
+    policy.require_identity(principal, "find")
     hits: list[Any] = []
     problems: list[str] = []
     names: dict[str, str] = {}
     if q.strip():
-        principal = user.principal
-        policy.require_identity(principal, "find")
         query = redacted_query(hub, [("identifier", q)])
         async with (
             audited(request, principal, "workstation:search", "E", query) as audit,
@@ -97,7 +105,13 @@ async def search_page(request: Request, user: CurrentUser, q: str = "") -> Respo
             names = await organization_names(hub.records, uow, principal, organizations)
             audit.capture(uow)
     return render(
-        request, "workstation/search.html", q=q, hits=hits, problems=problems, names=names
+        request,
+        "workstation/search.html",
+        searched=bool(q.strip()),
+        shown_query=masked_query(q, user.organization, hub.identity.systems),
+        hits=hits,
+        problems=problems,
+        names=names,
     )
 
 
