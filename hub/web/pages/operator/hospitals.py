@@ -126,10 +126,21 @@ async def add_feed(
     encoding: Annotated[str, Form(max_length=20)] = "utf-8",
     feed_id: Annotated[str, Form(max_length=64)] = "",
     name: Annotated[str, Form(max_length=200)] = "",
+    authorities: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
-    """Register a feed in the database (``feeds add``)."""
+    """Register a feed in the database, or change one registered there (``feeds add``).
+    ``authorities``: lines ``AUTHORITY=SYSTEM`` (PID-3 assigning authority → identifier
+    system: a URI, ``resident-id``, ``mrn``...)."""
     hub = web_hub(request)
     organization, sending_facility = organization.strip(), sending_facility.strip()
+    identifiers: dict[str, str] = {}
+    for line in authorities.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            return await _page(request, user, f"“{line.strip()}” 应写作 发证机构=标识系统。")
+        identifiers[key.strip()] = value.strip()
     default_id = re.sub(r"[^A-Za-z0-9\-.]+", "-", f"{organization}-{sending_facility}").strip("-")
     try:
         feed = FeedConfig(
@@ -138,6 +149,7 @@ async def add_feed(
             name=name.strip(),
             sending_facility=sending_facility,
             encoding=encoding,  # type: ignore[arg-type]
+            identifiers=identifiers,
         )
     except ValidationError as error:
         problems = "; ".join(
@@ -147,8 +159,8 @@ async def add_feed(
     async with hub.database.connection() as connection:
         if not await ClientRegistry(connection).organization_exists(organization):
             return await _page(request, user, f"没有机构 {organization}。")
-    if await hub.ingest.feeds.get(feed.feed) is not None:
-        return await _page(request, user, f"数据源 {feed.feed} 已存在。")
+    if any(f.feed == feed.feed and source == "file" for f, source in await hub.ingest.feeds.all()):
+        return await _page(request, user, f"数据源 {feed.feed} 由配置文件定义，请修改该文件。")
     async with audited(request, user.principal, "feeds-add", "C") as audit:
         audit.entities.append(f"feed/{feed.feed}")
         await hub.ingest.feeds.register(feed)
