@@ -48,7 +48,7 @@ def _client_ip(request: Request) -> str | None:
 async def audit_login(
     request: Request, username: str, status: int, detail: str, organization: str | None = None
 ) -> None:
-    """One audit record per login attempt (the username as typed, trimmed, is the client)."""
+    """One audit record per login attempt and logout (the username as typed, trimmed)."""
     await web_hub(request).audit.record(
         AuditRecord.for_status(
             status,
@@ -215,9 +215,12 @@ async def logout(request: Request) -> Response:
     """End the session (its row is deleted) and clear the cookie."""
     hub = web_hub(request)
     token = request.cookies.get(SESSION_COOKIE)
+    session = await current_session(request)
     if token:
         async with hub.database.connection() as conn:
             await SessionStore(conn, hub.settings).close(token)
+    if session is not None:
+        await audit_login(request, session.username, 200, "logout", session.organization)
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(response, hub.settings)
     return response
