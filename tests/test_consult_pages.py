@@ -218,6 +218,9 @@ def test_period_share_and_expiry(
     assert "data-key=" not in ended.text
     assert 'data-status="expired"' in ended.text
     assert 'data-status="expired"' in consultant.get("/consults").text
+    consultant.get(f"/lang/en?next=/consults/{consult_id}")  # the English interface
+    english = consultant.get(f"/consults/{consult_id}")
+    assert "Access has ended" in english.text and "授权已结束" not in english.text
 
 
 def test_doctor_cannot_open_a_consult_for_a_patient_not_in_care(
