@@ -168,6 +168,13 @@ def test_consult_share_reply_revoke(
         data={"csrf_token": token, "text": "考虑缺铁性贫血，建议查铁蛋白。"},
     )
     assert replied.status_code == 303, replied.text[:2000]
+    # the doctor's care grant has ended meanwhile: the patient is still registered at the
+    # doctor's hospital, so opening the consult re-establishes care and shows the note
+    db(
+        hub,
+        "UPDATE access_grant SET revoked_at = now() WHERE client_id = $1 AND revoked_at IS NULL",
+        f"user:{people['doctor']}",
+    )
     seen = doctor.get(f"/consults/{consult_id}")
     assert "考虑缺铁性贫血，建议查铁蛋白。" in seen.text
     assert 'data-status="replied"' in seen.text

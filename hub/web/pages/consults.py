@@ -387,6 +387,12 @@ async def consult_page(consult_id: str, request: Request, user: Participant) -> 
     record = None
     if is_consultant:
         record = await _shared_record(request, hub, user.principal, consult)
+    if is_requester and consult.reply:
+        try:  # reading the note is reading the patient's record: the care purpose, if any
+            await _ensure_purpose(request, hub, user.principal, consult.patient_id)
+        except FhirError as error:
+            if error.status != 403:
+                raise
     reply = await _reply_text(request, hub, user.principal, consult)
     lang = request_lang(request)
     return render(
