@@ -93,6 +93,15 @@ class AccessRepository:
         rows = await self.connection.fetch(_CONSENTS, patient_ids)
         return [(r["res_id"], r["patient_id"], orjson.loads(r["content"])) for r in rows]
 
+    async def patient_exists(self, patient_id: str) -> bool:
+        return bool(
+            await self.connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM resource WHERE res_type = 'Patient' "
+                "AND res_id = $1 AND NOT deleted)",
+                patient_id,
+            )
+        )
+
     async def group(self, patient_id: str) -> list[str]:
         rows = await self.connection.fetch(
             "SELECT patient_group(ARRAY[$1::text]) AS id", patient_id

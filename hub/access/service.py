@@ -200,7 +200,7 @@ class AccessService:
                 "required",
                 f"emergency access needs a reason of at least {MIN_REASON} characters",
             )
-        if not await AccessRepository(connection).group(patient_id):
+        if not await AccessRepository(connection).patient_exists(patient_id):
             raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
         grant = await self._grant(
             connection, principal, patient_id, "break-glass", reason, source, reuse=False

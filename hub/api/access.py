@@ -125,9 +125,9 @@ async def patient_access(
     ):
         audit.patients.add(f"Patient/{patient_id}")
         repository = AccessRepository(connection)
-        ids = await repository.group(patient_id)
-        if not ids:
+        if not await repository.patient_exists(patient_id):
             raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
+        ids = await repository.group(patient_id)
         accesses = await repository.access_log(ids, limit)
         grants = await repository.grants_of_person(patient_id)
     return JSONResponse(

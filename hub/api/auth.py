@@ -190,7 +190,7 @@ async def launch(body: LaunchRequest, request: Request, principal: Caller) -> Re
         hub.database.connection() as connection,
     ):
         audit.patients.add(f"Patient/{patient_id}")
-        if not await AccessRepository(connection).group(patient_id):
+        if not await AccessRepository(connection).patient_exists(patient_id):
             raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
     value = smart.sign_launch(
         hub.tokens,

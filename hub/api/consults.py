@@ -64,7 +64,13 @@ async def consultants(request: Request, principal: Caller) -> JSONResponse:
     return JSONResponse(
         {
             "consultants": [
-                {"id": p.id, "name": p.name, "organization": p.organization} for p in found
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "organization": p.organization,
+                    "organizationName": p.organization_name,
+                }
+                for p in found
             ]
         }
     )

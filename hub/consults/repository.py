@@ -90,6 +90,13 @@ class Person:
     name: str
     kind: str
     organization: str
+    organization_name: str = ""
+
+
+_ORG_NAME = (
+    "(SELECT o.content::jsonb ->> 'name' FROM resource o WHERE o.res_type = 'Organization' "
+    "AND o.res_id = {column} AND NOT o.deleted)"
+)
 
 
 def _consult(row: asyncpg.Record) -> Consult:
@@ -119,12 +126,19 @@ class ConsultRepository:
 
     async def consultants(self) -> list[Person]:
         """Every active consultant (users and API clients), for choosing one."""
+        org_name = _ORG_NAME.format(column="p.organization")
         rows = await self.connection.fetch(
+            f"SELECT p.*, {org_name} AS organization_name FROM ("
             "SELECT 'user:' || username AS id, display_name AS name, organization FROM web_user "
             "WHERE role = 'consultant' AND active UNION ALL SELECT client_id, name, organization "
-            "FROM api_client WHERE kind = 'consultant' AND revoked_at IS NULL ORDER BY 2"
+            "FROM api_client WHERE kind = 'consultant' AND revoked_at IS NULL) p ORDER BY 2"
         )
-        return [Person(r["id"], r["name"], "consultant", r["organization"]) for r in rows]
+        return [
+            Person(
+                r["id"], r["name"], "consultant", r["organization"], r["organization_name"] or ""
+            )
+            for r in rows
+        ]
 
     async def add(self, consult: Consult) -> None:
         await self.connection.execute(
