@@ -1145,6 +1145,7 @@ def _print_banner(
             f"  {role:<20} client_id={creds['client_id']}  client_secret={creds['client_secret']}"
         )
     doctor = credentials["doctor"]
+    admin = credentials["admin"]
     h3 = credentials[f"hospital:{HOSPITALS[2].code}"]
     yijian = _command("yijian")
     in_data_dir = (
@@ -1156,8 +1157,11 @@ def _print_banner(
         f"  TOKEN=$(curl -s -d grant_type=client_credentials -d client_id={doctor['client_id']} "
         f"-d client_secret={doctor['client_secret']} {base}/auth/token | python3 -c "
         "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-        f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/Observation?'
-        "code=http://loinc.org|718-7&_include=Observation:subject&_pretty=true'",
+        "  # A doctor reads a patient's record only with a purpose of use. Checking before an",
+        "  # order is one (ordering, 2 hours); 王芳 is also a patient of the doctor's hospital 2,",
+        "  # so POST /access/grants with purposeOfUse TREAT would do too (see README).",
+        f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/Patient/$reusable-results?'
+        f"identifier={RESIDENT_ID}|330102198603140020&code=http://loinc.org|58410-2'",
         "  # 王芳 is at hospitals 1 and 2 with one ID number: one master patient. Her reports from",
         "  # both, pushed as FHIR and received as HL7 v2 (血常规 from 1, 肝功能/肾功能 from 2):",
         f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/DiagnosticReport?'
@@ -1186,11 +1190,15 @@ def _print_banner(
     ]
     if parts.dicom is not None:
         lines += [
-            "  # imaging: 赵丽's chest CT, found by DICOMweb QIDO and as a FHIR ImagingStudy",
-            f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/dicomweb/studies?'
+            "  # imaging: 赵丽's chest CT, found by DICOMweb QIDO and as a FHIR ImagingStudy (as",
+            "  # the operator: the doctor would need a purpose of use for 赵丽 first)",
+            f"  ADMIN=$(curl -s -d grant_type=client_credentials -d client_id={admin['client_id']} "
+            f"-d client_secret={admin['client_secret']} {base}/auth/token | python3 -c "
+            "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+            f'  curl -s -H "Authorization: Bearer $ADMIN" \'{base}/dicomweb/studies?'
             f"PatientID={DEMO_STUDY.patient_id}&AccessionNumber={DEMO_STUDY.accession}'"
             " | python3 -m json.tool",
-            f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/fhir/ImagingStudy?'
+            f'  curl -s -H "Authorization: Bearer $ADMIN" \'{base}/fhir/ImagingStudy?'
             f"_include=ImagingStudy:subject&_pretty=true'",
             "  # send DICOM files yourself (dcmtk's storescu, as the CT room's AE title):",
             f"  storescu -aet {demo_imaging.DICOM_AE} -aec {demo_imaging.SCP_AE}"
