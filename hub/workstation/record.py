@@ -77,7 +77,23 @@ async def load_record(
             record.truncated = True
             break
         query = {**query, "_cursor": page.next_cursor.encode()}
+    _registered_owners(record)
     return record
+
+
+def _registered_owners(record: PatientRecord) -> None:
+    """A result whose sender is not known (a study written by the DICOM receiver) is shown
+    as from the hospital its Patient record belongs to."""
+    managing = {}
+    for patient in record.patients:
+        reference = (patient.get("managingOrganization") or {}).get("reference") or ""
+        if reference.startswith("Organization/"):
+            managing[f"Patient/{patient.get('id')}"] = reference.split("/", 1)[1]
+    for resource in record.results:
+        key = f"{resource.get('resourceType')}/{resource.get('id')}"
+        subject = (resource.get("subject") or {}).get("reference") or ""
+        if key not in record.owners and subject in managing:
+            record.owners[key] = managing[subject]
 
 
 async def organization_names(
