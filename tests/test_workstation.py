@@ -318,6 +318,7 @@ def _decisions(hub: HubUnderTest, reminder: str) -> list[tuple[str, str | None, 
         "WHERE d.reminder_id = $1 ORDER BY d.id",
         uuid.UUID(reminder),
     )
+    assert {r["source"] for r in rows} <= {"workstation"}  # the workstation's own channel
     return [(r["outcome"], r["reason_code"], r["hook"]) for r in rows]
 
 

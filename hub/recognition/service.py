@@ -78,7 +78,7 @@ class Check:
 class ReminderContext:
     """What a reminder records about the order in progress."""
 
-    source: str  # "cds" or "api"
+    source: str  # "cds", "api" or "workstation"
     client_id: str | None = None
     practitioner: str | None = None
     department: str | None = None

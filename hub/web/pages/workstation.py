@@ -494,7 +494,7 @@ async def reuse_check(
             repo,
             check,
             ReminderContext(
-                "api",
+                "workstation",
                 client_id=principal.client_id,
                 practitioner=user.display_name[:200],
                 hook="workstation",
@@ -550,7 +550,7 @@ async def decide(
             outcome=outcome,
             reason_code=reason or None,
             reason_text=reason_text or None,
-            source="api",
+            source="workstation",
             decided_by=user.display_name[:200],
             client_id=principal.client_id,
             organization=user.organization,

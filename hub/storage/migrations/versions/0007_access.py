@@ -81,6 +81,14 @@ CREATE TABLE smart_app (
     created_at     timestamptz NOT NULL DEFAULT now(),
     revoked_at     timestamptz
 );
+-- The workstation is a channel of its own for reminders and decisions (statistics by source).
+ALTER TABLE recognition_reminder DROP CONSTRAINT recognition_reminder_source_check,
+    ADD CONSTRAINT recognition_reminder_source_check
+    CHECK (source IN ('cds', 'api', 'workstation'));
+ALTER TABLE recognition_decision DROP CONSTRAINT recognition_decision_source_check,
+    ADD CONSTRAINT recognition_decision_source_check
+    CHECK (source IN ('cds-feedback', 'api', 'workstation'));
+
 CREATE TABLE smart_authorization (
     code_hash       bytea       PRIMARY KEY,
     client_id       text        NOT NULL,
@@ -98,6 +106,10 @@ CREATE TABLE smart_authorization (
 
 DOWNGRADE = """
 DROP TABLE smart_authorization; DROP TABLE smart_app; DROP TABLE consult; DROP TABLE access_grant;
+ALTER TABLE recognition_reminder DROP CONSTRAINT recognition_reminder_source_check,
+    ADD CONSTRAINT recognition_reminder_source_check CHECK (source IN ('cds', 'api'));
+ALTER TABLE recognition_decision DROP CONSTRAINT recognition_decision_source_check,
+    ADD CONSTRAINT recognition_decision_source_check CHECK (source IN ('cds-feedback', 'api'));
 """
 
 
