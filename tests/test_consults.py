@@ -199,3 +199,57 @@ def test_share_only_what_the_doctor_may_see(
     foreign = result_for(hospital_a, stranger)
     refused = _open(hub, doctor, consultant, record["a"], items=[f"Observation/{foreign}"])
     assert refused.status_code == 404, refused.text
+
+
+def _stored_study(hub: HubUnderTest, hospital_a: Client) -> tuple[str, str, str]:
+    """A one-instance CT study of hospital A sent by STOW-RS: (study UID, ImagingStudy id,
+    the Patient the hub made for it)."""
+    import time
+
+    from pydicom.uid import generate_uid
+
+    from tests.test_dicomweb import copy_of, dicomweb
+
+    study_uid = generate_uid()
+    dicomweb(hub, hospital_a).store_instances([copy_of("CT_small.dcm", study=study_uid)])
+    deadline = time.monotonic() + 15
+    while True:
+        found = hospital_a.get(
+            "ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}
+        ).json()
+        if found.get("entry"):
+            resource = found["entry"][0]["resource"]
+            return study_uid, resource["id"], resource["subject"]["reference"].split("/")[1]
+        assert time.monotonic() < deadline, "no ImagingStudy for the stored study"
+        time.sleep(0.2)
+
+
+def test_consultant_retrieves_only_shared_studies_over_dicomweb(
+    hub: HubUnderTest, doctor: Client, consultant: Client, hospital_a: Client
+) -> None:
+    from tests.test_dicomweb import http
+
+    shared_uid, imaging_study, patient_id = _stored_study(hub, hospital_a)
+    other_uid, _, _ = _stored_study(hub, hospital_a)
+    emergency = doctor.post(
+        f"{hub.base_url}/access/grants",
+        json={
+            "patient": f"Patient/{patient_id}",
+            "purposeOfUse": "ETREAT",
+            "reason": "急诊会诊 emergency teleconsultation",
+        },
+    )
+    assert emergency.status_code == 201, emergency.text
+    consult = _open(hub, doctor, consultant, patient_id, items=[f"ImagingStudy/{imaging_study}"])
+    assert consult.status_code == 201, consult.text
+    with http(hub, consultant) as web:
+        found = web.get("/studies", headers={"Accept": "application/dicom+json"})
+        assert found.status_code in (200, 204), found.text
+        uids = {s["0020000D"]["Value"][0] for s in (found.json() if found.content else [])}
+        assert shared_uid in uids and other_uid not in uids
+        metadata = web.get(f"/studies/{shared_uid}/metadata")
+        assert metadata.status_code == 200, metadata.text
+        assert web.get(f"/studies/{other_uid}/metadata").status_code == 404
+        revoked = doctor.post(f"{hub.base_url}/consultations/{consult.json()['id']}/revoke")
+        assert revoked.status_code == 200
+        assert web.get(f"/studies/{shared_uid}/metadata").status_code == 404
