@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 
 from hub.storage.database import libpq_url
+from tests.access_support import order_for
 from tests.conftest import Client, HubUnderTest, observation, unique
 from tests.demographics import Demographics, Person, patient_resource, split_name
 
@@ -135,7 +136,11 @@ def result_ids(client: Client, **params: str) -> set[str]:
 
 
 def masters_of(doctor: Client, source_id: str) -> list[dict[str, Any]]:
-    """Every master Patient listing ``source_id`` among its ``seealso`` links."""
+    """Every master Patient listing ``source_id`` among its ``seealso`` links.
+
+    A doctor sees a person's record only with a purpose of use: first it checks, as before an
+    order, what can be reused for the record (an ordering purpose for the whole person)."""
+    order_for(doctor, source_id)
     found = search(doctor, "Patient", link=f"Patient/{source_id}")
     return [
         m

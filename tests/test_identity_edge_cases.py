@@ -142,6 +142,7 @@ def test_search_links_carry_the_keyed_hash_not_the_number(
     """Bundle links echo the query: for an ID number, its hash, which pages as well."""
     someone = person(fresh_people())
     a = create(hospital_a, source(someone, hospital_a.organization))
+    master = master_of(doctor, a)["id"]  # (the doctor orders for the person: a purpose)
     first = doctor.get(
         "/Patient", params={"identifier": f"{RESIDENT}|{someone.resident_id}", "_count": "1"}
     ).json()
@@ -150,7 +151,7 @@ def test_search_links_carry_the_keyed_hash_not_the_number(
     assert "h1%3A" in links["self"] or "h1:" in links["self"]
     second = doctor.get(links["next"]).json()
     found = {e["resource"]["id"] for page in (first, second) for e in page["entry"]}
-    assert found == {a, master_of(doctor, a)["id"]}
+    assert found == {a, master}
 
 
 def test_reading_the_review_queue_is_audited_with_its_patients(

@@ -290,7 +290,7 @@ def test_homophone_typo_is_reviewed_then_linked_by_the_operator_and_undone(
     assert resolved["resolvedBy"] == f"client:{admin.client_id}"
     assert resolved["reason"] == "same phone"
     # B's own master is left without records: retired, not deleted.
-    retired = doctor.get(f"/Patient/{pair.master_b}").json()
+    retired = admin.get(f"/Patient/{pair.master_b}").json()
     assert retired["active"] is False
     assert "identifier" not in retired
 
@@ -401,7 +401,7 @@ def test_a_corrected_resident_id_moves_the_record_to_the_right_person(
     master = master_of(doctor, a)
     assert master["id"] == master_of(doctor, b)["id"] != old_master
     assert linked_sources(master) == {a, b}
-    retired = doctor.get(f"/Patient/{old_master}")
+    retired = admin.get(f"/Patient/{old_master}")
     assert retired.status_code == 200, retired.text
     assert retired.json()["active"] is False
     assert "identifier" not in retired.json()

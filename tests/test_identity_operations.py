@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from tests.access_support import order_for
 from tests.conftest import Client, HubUnderTest, observation, unique
 from tests.demographics import Person
 from tests.identity_support import (
@@ -151,6 +152,7 @@ def test_a_search_by_the_number_in_any_form_finds_the_person(
     number = someone.resident_id
     a = create(hospital_a, source(someone, hospital_a.organization))
     result = result_for(hospital_a, a)
+    order_for(doctor, a)  # the doctor reads the person's record while ordering for them
     for token in (
         f"{RESIDENT}|{number}",
         f"{RESIDENT}|{number.translate(FULL_WIDTH)}",
@@ -223,6 +225,7 @@ def test_identifier_keys_rotate_and_stored_values_are_resealed(
     assert identifier_values(hospital_a.get(f"/Patient/{a}").json(), RESIDENT) == [
         someone.resident_id
     ]
+    order_for(doctor, a)  # the doctor reads the person's record while ordering for them
     assert identifier_values(doctor.get(f"/Patient/{a}").json(), RESIDENT) == [
         masked(someone.resident_id)
     ]
@@ -584,6 +587,7 @@ def test_full_width_digits_and_a_lowercase_x_are_normalised(
     assert identifier_values(response.json(), RESIDENT) == [number]
     a = response.json()["id"]
     assert identifier_values(hospital_a.get(f"/Patient/{a}").json(), RESIDENT) == [number]
+    order_for(doctor, a)  # the doctor reads the person's record while ordering for them
     for value in (number, number.lower()):
         found = search(doctor, "Patient", identifier=f"{RESIDENT}|{value}")
         assert a in ids(found), value
