@@ -166,8 +166,11 @@ def test_refused_requests_are_audited(
     pid_b, oid_b = _setup(hospital_b)
     cases = [
         (hospital_a, lambda h: hospital_a.get(f"/Observation/{oid_b}", headers=h), 404),
-        (consultant, lambda h: consultant.get(f"/Observation/{oid_b}", headers=h), 403),
-        (consultant, lambda h: consultant.get("/Observation", headers=h), 403),
+        # Outside a consultation a consultant's read finds nothing; $everything is refused.
+        (consultant, lambda h: consultant.get(f"/Observation/{oid_b}", headers=h), 404),
+        (consultant, lambda h: consultant.get(f"/Patient/{pid_b}/$everything", headers=h), 404),
+        # So is a doctor's without a purpose of use.
+        (doctor, lambda h: doctor.get(f"/Observation/{oid_b}", headers=h), 404),
         (
             doctor,
             lambda h: doctor.post(

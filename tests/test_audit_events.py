@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.access_support import order_for
 from tests.conftest import Client, observation, patient
 
 
@@ -12,6 +13,7 @@ def test_admin_finds_who_read_a_patients_results(
     org = hospital_a.organization
     pid = hospital_a.post("/Patient", json=patient(org)).json()["id"]
     oid = hospital_a.post("/Observation", json=observation(org, pid)).json()["id"]
+    order_for(doctor, pid)  # the doctor reads while ordering for the patient
     assert doctor.get(f"/Observation/{oid}").status_code == 200
 
     bundle = admin.get("/AuditEvent", params={"patient": f"Patient/{pid}", "action": "R"}).json()

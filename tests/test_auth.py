@@ -4,8 +4,9 @@ Pins: the OAuth 2.0 client-credentials token endpoint (form body and HTTP Basic,
 unsupported grant, scope narrowing); 401 OperationOutcomes with ``WWW-Authenticate`` for a
 missing, malformed, forged, tampered, expired or revoked token; secrets shown once and stored
 only as scrypt hashes; and the access rules: a hospital writes only as itself and reads only
-what it wrote, a doctor reads every hospital's results but writes nothing, a consultant reads
-nothing, only admins read AuditEvent, and no hospital creates an Organization.
+what it wrote, a doctor reads every hospital's results with a purpose of use (``hub.access``)
+but writes nothing, a consultant reads nothing outside a consultation, only admins read
+AuditEvent, and no hospital creates an Organization.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from hub.storage.database import libpq_url
+from tests.access_support import order_for, treat
 from tests.conftest import Client, HubUnderTest, observation, patient, unique
 
 
@@ -132,7 +134,7 @@ def test_wrong_secret_is_invalid_client(hub: HubUnderTest, hospital_a: Client) -
 
 
 def test_unsupported_grant_type(hub: HubUnderTest, hospital_a: Client) -> None:
-    for grant in ("password", "authorization_code", ""):
+    for grant in ("password", "implicit", ""):  # authorization_code: SMART launch
         response = hub.token(hospital_a.client_id, hospital_a.secret, grant_type=grant)
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "unsupported_grant_type"
@@ -407,15 +409,21 @@ def test_hospital_cannot_touch_another_hospitals_records(
     assert pid_b not in {e["resource"]["id"] for e in included.get("entry", [])}
 
 
-def test_doctor_reads_every_hospital_but_writes_nothing(
-    hospital_a: Client, hospital_b: Client, doctor: Client
+def test_doctor_reads_every_hospital_with_a_purpose_but_writes_nothing(
+    hub: HubUnderTest, hospital_a: Client, hospital_b: Client, doctor: Client
 ) -> None:
     accession = unique()
     pid_a, oid_a = _patient_and_result(hospital_a, accession)
-    _, oid_b = _patient_and_result(hospital_b, accession)
-    found = doctor.get(
-        "/Observation", params={"identifier": f"https://yijian.example/accession|{accession}"}
-    ).json()
+    pid_b, oid_b = _patient_and_result(hospital_b, accession)
+    params = {"identifier": f"https://yijian.example/accession|{accession}"}
+    # Without a purpose of use the doctor sees neither hospital's result.
+    assert doctor.get("/Observation", params=params).json().get("entry", []) == []
+    assert doctor.get(f"/Observation/{oid_a}").status_code == 404
+    assert doctor.get(f"/Patient/{pid_b}").status_code == 404
+    # Ordering for A's patient, and B's patient in care at the doctor's own hospital.
+    order_for(doctor, pid_a)
+    treat(hub, doctor, pid_b)
+    found = doctor.get("/Observation", params=params).json()
     assert {e["resource"]["id"] for e in found.get("entry", [])} == {oid_a, oid_b}
     assert doctor.get(f"/Observation/{oid_a}").status_code == 200
     assert doctor.get(f"/Observation/{oid_b}").status_code == 200
@@ -432,17 +440,26 @@ def test_doctor_reads_every_hospital_but_writes_nothing(
     assert hospital_a.get(f"/Observation/{oid_a}").json()["meta"]["versionId"] == "1"
 
 
-def test_consultant_reads_nothing(hospital_a: Client, consultant: Client) -> None:
+def test_consultant_reads_nothing_outside_a_consultation(
+    hospital_a: Client, consultant: Client
+) -> None:
     pid, oid = _patient_and_result(hospital_a, unique())
     for response in (
         consultant.get(f"/Observation/{oid}"),
         consultant.get(f"/Patient/{pid}"),
-        consultant.get("/Observation", params={"subject": f"Patient/{pid}"}),
-        consultant.get("/Patient"),
         consultant.get(f"/Patient/{pid}/$everything"),
     ):
-        assert response.status_code == 403, response.text
+        assert response.status_code in (403, 404), response.text
         assert response.json()["resourceType"] == "OperationOutcome"
+    for response in (
+        consultant.get("/Observation", params={"subject": f"Patient/{pid}"}),
+        consultant.get("/Patient", params={"_id": pid}),
+    ):
+        assert response.status_code == 200, response.text
+        assert response.json().get("entry", []) == []
+    # Writing stays refused.
+    refused = consultant.post("/Observation", json=observation(consultant.organization, pid))
+    assert refused.status_code == 403, refused.text
 
 
 def test_only_admin_reads_audit_events(

@@ -21,6 +21,7 @@ from tests.conftest import YIJIAN, _free_port
 
 RESIDENT_ID = "https://yijian-hub.org/fhir/sid/resident-id"
 WANG_FANG = f"{RESIDENT_ID}|330102198603140020"
+ZHAO_LI = f"{RESIDENT_ID}|330110197512050447"
 RADIOLOGY = "http://loinc.org|LP29684-5"
 
 
@@ -68,15 +69,16 @@ def _stop(process: subprocess.Popen[str]) -> None:
     assert process.wait(timeout=60) == 0
 
 
-def _token(base: str, banner: str) -> str:
-    doctor = re.search(r"doctor\s+client_id=(\S+)\s+client_secret=(\S+)", banner)
-    assert doctor, banner
+def _token(base: str, banner: str, role: str = "doctor") -> str:
+    """A token of one of the demo clients the banner prints (doctor, admin, ...)."""
+    client = re.search(rf"(?m)^  {role}\s+client_id=(\S+)\s+client_secret=(\S+)", banner)
+    assert client, banner
     response = httpx.post(
         f"{base}/auth/token",
         data={
             "grant_type": "client_credentials",
-            "client_id": doctor[1],
-            "client_secret": doctor[2],
+            "client_id": client[1],
+            "client_secret": client[2],
         },
     )
     return str(response.json()["access_token"])
@@ -88,6 +90,17 @@ def _search(base: str, token: str, resource_type: str, **params: str) -> dict[st
     )
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def _order_for(base: str, token: str, identifier: str) -> None:
+    """The doctor checks reusable results before ordering for the patient: a purpose of use
+    (``hub.access``) to read the person's record."""
+    response = httpx.get(
+        f"{base}/fhir/Patient/$reusable-results",
+        params={"identifier": identifier, "code": "cbc"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200, response.text
 
 
 def _counts(base: str, token: str) -> dict[str, int]:
@@ -156,10 +169,12 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         for feed in ("demo-h1-lis", "demo-h2-lis", "demo-h3-ris"):
             assert feed in banner
         token = _token(base, banner)
+        operator = _token(base, banner, "admin")
 
+        # The whole demo, as the operator sees it (a doctor reads only with a purpose).
         found = _search(
             base,
-            token,
+            operator,
             "Observation",
             code="http://loinc.org|718-7",
             _include="Observation:subject",
@@ -171,8 +186,14 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         performers = {e["resource"]["performer"][0]["reference"] for e in matches}
         assert len(performers) == 3
 
-        # 王芳 is at hospitals 1 and 2 with one ID number: a search by it finds her reports
-        # from both, those pushed as FHIR and those received as HL7 v2.
+        # Without a purpose of use the doctor sees none of it.
+        assert (
+            _search(base, token, "Observation", code="http://loinc.org|718-7").get("entry", [])
+            == []
+        )
+        # 王芳 is at hospitals 1 and 2 with one ID number: the doctor ordering for her finds
+        # her reports from both by it, those pushed as FHIR and those received as HL7 v2.
+        _order_for(base, token, WANG_FANG)
         reports = _search(base, token, "DiagnosticReport", **{"patient.identifier": WANG_FANG})
         by_hl7 = [
             e["resource"]
@@ -190,7 +211,9 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         )
         assert [e["resource"]["valueQuantity"]["value"] for e in creatinine["entry"]] == [61]
 
-        # The CT report went in as a file through the RIS feed's drop folder.
+        # The CT report went in as a file through the RIS feed's drop folder; the doctor
+        # ordering for 赵丽 sees it.
+        _order_for(base, token, ZHAO_LI)
         (ct,) = [
             e["resource"]
             for e in _search(base, token, "DiagnosticReport", category=RADIOLOGY)["entry"]
@@ -225,7 +248,7 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         # The listener answers a message of its own: AA, and AA again for the same message.
         assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
         assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
-        counts = _counts(base, token)
+        counts = _counts(base, operator)
     finally:
         _stop(process)
 
@@ -235,9 +258,9 @@ def test_demo_serves_demo_data_through_every_edge_and_stops_cleanly() -> None:
         assert "FHIR: 0 resources created this run" in banner, banner
         assert "DICOM: 3 of 3 CT slices of 赵丽 stored" in banner, banner  # repeats: same
         assert "5 of 5 acknowledged AA, 0 new this run" in banner, banner
-        token = _token(base, banner)
+        operator = _token(base, banner, "admin")
         assert _send_example(banner, mllp_port) == ("AA", "DEMO-H2-LIS-TRY-0001")
-        assert _counts(base, token) == counts
+        assert _counts(base, operator) == counts
     finally:
         _stop(process)
     assert not _leftovers(directory), "processes of the demo outlived it"

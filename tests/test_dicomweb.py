@@ -44,6 +44,7 @@ from imaging.multipart import (
     write_parts,
 )
 from imaging.qido import Level, QueryError, compile_query, parse_query
+from tests.access_support import live_grants, order_for
 from tests.conftest import Client, HubUnderTest
 
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
@@ -203,6 +204,20 @@ def study(hub: HubUnderTest, hospital_a: Client) -> StoredStudy:
         assert time.monotonic() < deadline, "no ImagingStudy for the stored study"
         time.sleep(0.2)
     return StoredStudy(study_uid, datasets, patient)
+
+
+def study_patient(hospital_a: Client, study: StoredStudy) -> str:
+    """The id of the Patient the study's ImagingStudy is about."""
+    found = hospital_a.get(
+        "ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study.study}"}
+    ).json()
+    (entry,) = found["entry"]
+    return str(entry["resource"]["subject"]["reference"]).removeprefix("Patient/")
+
+
+def live_purpose(hub: HubUnderTest, doctor: Client, patient_id: str) -> bool:
+    """Whether the doctor already holds a grant naming this record (an earlier test's)."""
+    return any(g["patient"] == f"Patient/{patient_id}" for g in live_grants(hub, doctor))
 
 
 # -- multipart, on its own ------------------------------------------------------------------
@@ -842,8 +857,9 @@ def test_a_study_larger_than_the_general_body_limit_is_stored(
 # -- access and audit ----------------------------------------------------------------------------
 
 
-def test_another_hospital_sees_nothing_a_doctor_sees_it(
+def test_another_hospital_sees_nothing_a_doctor_sees_it_with_a_purpose(
     hub: HubUnderTest,
+    hospital_a: Client,
     hospital_b: Client,
     doctor: Client,
     consultant: Client,
@@ -867,12 +883,21 @@ def test_another_hospital_sees_nothing_a_doctor_sees_it(
             response = client.get(path)
             assert response.status_code == 404, path
             assert response.json()["issue"][0]["code"] == "not-found"
+    # A consultant outside a consultation finds nothing either.
+    outsider = dicomweb(hub, consultant)
+    assert outsider.search_for_studies(search_filters={"PatientID": study.patient_id}) == []
+    with http(hub, consultant) as client:
+        assert client.get(instance).status_code == 404
+    # The doctor sees the study once ordering for its patient (a purpose of use).
     reader = dicomweb(hub, doctor)
+    if not live_purpose(hub, doctor, study_patient(hospital_a, study)):
+        assert reader.search_for_studies(search_filters={"PatientID": study.patient_id}) == []
+        with http(hub, doctor) as client:
+            assert client.get(instance).status_code == 404
+    order_for(doctor, study_patient(hospital_a, study))
     found = reader.search_for_studies(search_filters={"PatientID": study.patient_id})
     assert uids(found, "0020000D") == [study.study]
     assert reader.retrieve_instance(study.study, ct.SeriesInstanceUID, ct.SOPInstanceUID)
-    with http(hub, consultant) as client:
-        assert client.get("/studies").status_code == 403
     with http(hub, doctor) as client:
         assert client.get(f"/studies/{generate_uid()}").status_code == 404
         assert client.get("/studies").status_code == 200
@@ -882,9 +907,10 @@ def test_another_hospital_sees_nothing_a_doctor_sees_it(
 
 
 def test_reads_are_audited_with_patient_and_study(
-    hub: HubUnderTest, doctor: Client, study: StoredStudy
+    hub: HubUnderTest, hospital_a: Client, doctor: Client, study: StoredStudy
 ) -> None:
     ct = study.datasets[0]
+    order_for(doctor, study_patient(hospital_a, study))
     reader = dicomweb(hub, doctor)
     reader.retrieve_instance(study.study, ct.SeriesInstanceUID, ct.SOPInstanceUID)
     reader.search_for_studies(search_filters={"PatientID": study.patient_id})

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.access_support import order_for
 from tests.conftest import Client, observation, patient
 
 LOINC = "http://loinc.org"
@@ -45,7 +46,7 @@ def created(client: Client, body: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def record(hospital_a: Client, hospital_b: Client) -> Record:
+def record(hospital_a: Client, hospital_b: Client, doctor: Client) -> Record:
     org = hospital_a.organization
     own = {"reference": f"Organization/{org}"}
     pid_ref = created(hospital_a, patient(org))
@@ -117,6 +118,10 @@ def record(hospital_a: Client, hospital_b: Client) -> Record:
     from_b = created(hospital_b, observation(hospital_b.organization, pid, code="2345-7"))
     other_ref = created(hospital_a, patient(org))
     other_obs = created(hospital_a, observation(org, other_ref.split("/")[1]))
+    # The doctor orders for the patient (a purpose of use) and for the other patient too, so
+    # that only $everything's own rules keep the other one's record out.
+    order_for(doctor, pid)
+    order_for(doctor, other_ref.split("/")[1])
     dated_2026 = {encounter, order, specimen, obs_2026, report}
     return Record(
         patient=pid_ref,
@@ -174,12 +179,15 @@ def test_hospital_sees_only_its_own_rows(hospital_a: Client, record: Record) -> 
 def test_other_hospital_and_consultant_cannot_see_the_patient(
     hospital_b: Client, consultant: Client, record: Record
 ) -> None:
-    """Hospital B gets 404 on A's patient (as for one that does not exist); a consultant 403."""
+    """Hospital B gets 404 on A's patient (as for one that does not exist); so does a
+    consultant outside a consultation."""
     for patient_ref in (record.patient, "Patient/does-not-exist"):
         response = hospital_b.get(f"/{patient_ref}/$everything")
         assert response.status_code == 404, response.text
         assert response.json()["resourceType"] == "OperationOutcome"
-    assert consultant.get(f"/{record.patient}/$everything").status_code == 403
+    refused = consultant.get(f"/{record.patient}/$everything")
+    assert refused.status_code == 404, refused.text
+    assert refused.json()["resourceType"] == "OperationOutcome"
 
 
 def test_type_limits_the_resource_types(doctor: Client, record: Record) -> None:
@@ -266,6 +274,8 @@ def test_references_into_another_patients_record_stay_out(
     mine = created(hospital_a, patient(org))
     theirs = created(hospital_a, patient(org))
     their_result = created(hospital_a, observation(org, theirs.split("/")[1]))
+    order_for(doctor, mine.split("/")[1])  # the doctor may read both patients: only the
+    order_for(doctor, theirs.split("/")[1])  # compartment keeps the other's result out
     report = created(
         hospital_a,
         {

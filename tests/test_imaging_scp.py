@@ -22,6 +22,7 @@ from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from imaging.s3store import S3Store
+from tests.access_support import order_for, treat
 from tests.conftest import Client, HubUnderTest
 from tests.identity_support import RESIDENT, create, fresh_people, person, source
 from tests.imaging_support import (
@@ -308,7 +309,8 @@ def test_a_study_becomes_an_imaging_study_linked_to_patient_and_report(
     assert dicomweb["address"].endswith("/dicomweb")
     linked = hospital_a.get(f"DiagnosticReport/{report.json()['id']}").json()
     assert {"reference": f"ImagingStudy/{study['id']}"} in linked["imagingStudy"]
-    # A doctor elsewhere finds it through the patient's master record.
+    # A doctor elsewhere, ordering for the patient, finds it through the master record.
+    order_for(doctor, patient_id)
     found = doctor.get("ImagingStudy", params={"patient.identifier": f"{mrn_system}|{mrn}"})
     assert [e["resource"]["id"] for e in found.json().get("entry", [])] == [study["id"]]
 
@@ -368,7 +370,9 @@ def test_issuer_of_patient_id_maps_to_the_resident_id_and_links_to_the_person(
     assert study is not None
     patient = hospital_a.get(study["subject"]["reference"]).json()
     assert any(i["system"] == RESIDENT for i in patient["identifier"])
-    # The doctor finds the study by hospital B's patient: one person, two hospitals.
+    # The doctor at hospital B, the patient in their care, finds the study by hospital B's
+    # patient: one person, two hospitals.
+    treat(hub, doctor, known)
     found = doctor.get("ImagingStudy", params={"patient": f"Patient/{known}"}).json()
     assert study["id"] in [e["resource"]["id"] for e in found.get("entry", [])]
 

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.access_support import order_by_identifier
 from tests.conftest import Client, HubUnderTest
+from tests.identity_support import mrn_system
 from tests.ingest_support import Listener, ack_fields, env_without_broker, send, wait_for
 from tests.oru import CBC, CHEMISTRY, Person, oru
 
@@ -83,10 +85,13 @@ def test_gbk_message_is_acknowledged_after_commit_and_found_by_a_doctor(
     hub: HubUnderTest, listener: Listener, doctor: Client
 ) -> None:
     filler = "F" + uuid.uuid4().hex[:10]
-    message = oru(control(), "H-A", person(name="张伟", gender="M"), filler, encoding="gbk")
+    someone = person(name="张伟", gender="M")
+    message = oru(control(), "H-A", someone, filler, encoding="gbk")
     code, control_id, error = ack_fields(send(listener.port, message), "gbk")
     assert (code, error) == ("AA", ""), error
     assert control_id == message.split(b"|")[9].decode()
+    # The doctor orders for the patient, known by hospital A's MRN (a purpose of use).
+    order_by_identifier(doctor, f"{mrn_system(hub.org_a)}|{someone.mrn}")
     found = observations(doctor, identifier=f"{_result_system(hub.org_a)}|{filler}:HGB:")
     assert len(found) == 1
     hgb = found[0]
@@ -117,6 +122,7 @@ def test_one_person_at_two_hospitals_is_found_by_resident_id(
                                      resident_id=resident_id), filler_b, CHEMISTRY)  # fmt: skip
     assert ack_fields(send(listener.port, a), "gbk")[0] == "AA"
     assert ack_fields(send(listener.port, b))[0] == "AA"
+    order_by_identifier(doctor, f"{RESIDENT_ID}|{resident_id}")  # ordering for the person
     found = observations(doctor, **{"patient.identifier": f"{RESIDENT_ID}|{resident_id}"})
     performers = {o["performer"][0]["reference"] for o in found}
     assert performers == {f"Organization/{hub.org_a}", f"Organization/{hub.org_b}"}

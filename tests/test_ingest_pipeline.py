@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.access_support import order_for
 from tests.conftest import YIJIAN, Client, HubUnderTest, observation, patient
 from tests.ingest_support import ack_fields, wait_for
 from tests.oru import Person, oru
@@ -914,9 +915,17 @@ def test_imaging_study_then_report(
 
 
 def test_cbc_sample_is_found_by_a_doctor_elsewhere(
-    hub: HubUnderTest, samples: dict[str, Any], doctor: Client
+    hub: HubUnderTest, samples: dict[str, Any], hospital_a: Client, doctor: Client
 ) -> None:
-    """Hospital B's doctor finds hospital A's sample result by the resident ID."""
+    """Hospital B's doctor, ordering for the sample's patient, finds hospital A's sample
+    result by the resident ID."""
+    (sent,) = [
+        o
+        for o in search(hospital_a, "Observation", code=f"{LOINC}|718-7")
+        if o["identifier"][0]["value"] == "XS20240305001:HGB:"
+    ]
+    # (The suite stores many records with this ID number; the order names the record.)
+    order_for(doctor, sent["subject"]["reference"].removeprefix("Patient/"))
     found = search(
         doctor,
         "Observation",

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from tests.access_support import order_for
 from tests.conftest import Client, observation, patient, unique
 
 Params = list[tuple[str, str]] | dict[str, str]
@@ -235,8 +236,10 @@ def test_identifier_search(hospital_a: Client, hospital_b: Client, doctor: Clien
     assert found(hospital_a, "Observation", {"identifier": f"{lis}|"}) == {oid}
     assert found(hospital_a, "Observation", {"_id": f"{oid},{bare_oid}"}) == {oid, bare_oid}
     assert found(hospital_a, "Observation", {"patient": pid, "_id:not": oid}) == {bare_oid}
-    # Another hospital does not see hospital A's records; a doctor does.
+    # Another hospital does not see hospital A's records; a doctor ordering for the patient does.
     assert found(hospital_b, "Patient", {"identifier": f"{mrn_system}|{mrn}"}) == set()
+    assert found(doctor, "Patient", {"identifier": f"{mrn_system}|{mrn}"}) == set()
+    order_for(doctor, pid)
     # The doctor finds the record and the hub's master record of the person, which carries
     # every identifier of its sources.
     master = found(doctor, "Patient", {"link": f"Patient/{pid}"})
