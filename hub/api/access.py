@@ -23,6 +23,7 @@ from hub.access.service import grant_json
 from hub.api.dependencies import Caller, audited, get_hub
 from hub.fhir.outcomes import FhirError, forbidden
 from hub.fhir.references import split_reference
+from hub.fhir.validation import ID_PATTERN
 from hub.security.principals import ClientKind, Principal
 
 router = APIRouter(tags=["access"])
@@ -37,9 +38,10 @@ class GrantRequest(BaseModel):
 
 
 def patient_id_of(reference: str) -> str:
-    """``Patient/{id}`` or a bare id → the id; 400 otherwise."""
+    """``Patient/{id}`` or a bare id → the id; 400 otherwise (also for an id that no
+    resource can have: a NUL would otherwise fail the audit write, a 503)."""
     target_type, target_id, _ = split_reference(reference.strip())
-    if target_type not in (None, "Patient") or not target_id:
+    if target_type not in (None, "Patient") or not target_id or not ID_PATTERN.match(target_id):
         raise FhirError(400, "invalid", "patient must be a reference Patient/{id}")
     return target_id
 
@@ -119,6 +121,7 @@ async def patient_access(
     _require_admin(principal)
     hub = get_hub(request)
     limit = max(1, min(limit, 5000))
+    patient_id = patient_id_of(patient_id)
     async with (
         audited(request, principal, "access:patient-log", "R") as audit,
         hub.database.connection() as connection,

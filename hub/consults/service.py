@@ -15,7 +15,7 @@ the consult row.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from hub.ingest.service import organization_principal
 from hub.records.unit_of_work import UnitOfWork, unit_of_work
 from hub.security.principals import ClientKind, Principal
 from hub.storage.resources import WriteContext
+from hub.storage.search_sql import PatientScope
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
@@ -63,6 +64,9 @@ class ConsultService:
     ) -> Consult:
         if principal.kind != ClientKind.DOCTOR:
             raise forbidden("only a doctor can open a consultation")
+        _require_text(
+            request.question, request.consent_note, request.consultant, *request.items or ()
+        )
         question = " ".join(request.question.split())
         if not question:
             raise FhirError(400, "required", "the consultation needs a question")
@@ -106,12 +110,16 @@ class ConsultService:
             shared: list[str] | None = None
             if request.items is not None:
                 shared = []
+                of_person = replace(access.filter, scopes=(PatientScope(tuple(group)),))
                 for key in request.items:
                     resource_type, _, resource_id = key.partition("/")
                     if resource_type not in SHAREABLE or not resource_id:
                         raise FhirError(400, "value", f"cannot share {key!r}")
+                    # Readable by the doctor (any of their grants) and this person's own.
                     if not await self.hub.records.access.visible(
                         connection, access.filter, resource_type, resource_id
+                    ) or not await self.hub.records.access.visible(
+                        connection, of_person, resource_type, resource_id
                     ):
                         raise FhirError(404, "not-found", f"{key} is not in this record")
                     shared.append(key)
@@ -213,6 +221,7 @@ class ConsultService:
         text = text.strip()
         if not text:
             raise FhirError(400, "required", "the reply is empty")
+        _require_text(text)
         writer = organization_principal(consult.consultant_org, principal.client_id, principal.name)
         context = WriteContext(principal.client_id, consult.consultant_org, request_id)
         report = documents.reply(
@@ -278,6 +287,14 @@ class ConsultService:
         body: dict[str, Any] = orjson.loads(stored.content)
         body["status"] = status
         return body
+
+
+def _require_text(*values: str) -> None:
+    """400 for a control character (other than tab and line breaks) in text a consult writes
+    into FHIR resources: a NUL there makes every JSON query over the resource fail."""
+    for value in values:
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+            raise FhirError(400, "value", "the text contains a control character")
 
 
 def _involved(principal: Principal, consult: Consult) -> bool:

@@ -1,0 +1,179 @@
+"""An adversarial review of access by purpose, consultations, SMART launch and the web pages:
+each test is an attack or a malformed request that once succeeded or failed badly, through
+HTTP against the running hub."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import Client, HubUnderTest
+from tests.identity_support import create, fresh_people, person, result_for, source
+from tests.test_web_auth import PASSWORD, Browser, add_user
+
+
+def _in(days: float) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+def _treat(hub: HubUnderTest, doctor: Client, patient_id: str) -> None:
+    grant = doctor.post(
+        f"{hub.base_url}/access/grants",
+        json={"patient": f"Patient/{patient_id}", "purposeOfUse": "TREAT"},
+    )
+    assert grant.status_code == 201, grant.text
+
+
+@pytest.fixture
+def two_people(hub: HubUnderTest, hospital_b: Client, doctor: Client) -> dict[str, str]:
+    """Two different people registered at the doctor's hospital (B), each with a result,
+    both opened in the doctor's care."""
+    people = fresh_people()
+    first = create(hospital_b, source(person(people), hospital_b.organization))
+    second = create(hospital_b, source(person(people), hospital_b.organization))
+    found = {
+        "first": first,
+        "second": second,
+        "first_result": result_for(hospital_b, first),
+        "second_result": result_for(hospital_b, second),
+    }
+    _treat(hub, doctor, first)
+    _treat(hub, doctor, second)
+    return found
+
+
+# -- web: redirects after login ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example/", "/\n/evil.example/", "/\r//evil.example"])
+def test_login_next_never_leaves_the_site(hub: HubUnderTest, target: str) -> None:
+    """Browsers drop tabs and line breaks from a URL, so ``/<TAB>/evil`` is ``//evil``."""
+    user = add_user(hub, "doctor")
+    browser = Browser(hub.base_url)
+    answer = browser.login(user["username"], PASSWORD, next_url=target)
+    assert answer.status_code == 303, answer.text
+    location = answer.headers["location"]
+    cleaned = location.replace("\t", "").replace("\n", "").replace("\r", "")
+    assert not cleaned.startswith("//"), location
+    again = browser.get("/login", params={"next": target})
+    cleaned = again.headers["location"].replace("\t", "").replace("\n", "").replace("\r", "")
+    assert not cleaned.startswith("//"), again.headers["location"]
+    switched = browser.get("/lang/en", params={"next": target})
+    cleaned = switched.headers["location"].replace("\t", "").replace("\n", "").replace("\r", "")
+    assert not cleaned.startswith("//"), switched.headers["location"]
+
+
+# -- consultations -------------------------------------------------------------------------------
+
+
+def test_a_consult_cannot_share_another_patients_result(
+    hub: HubUnderTest, doctor: Client, consultant: Client, two_people: dict[str, str]
+) -> None:
+    """The doctor may read both people; a consult about the first must not list (and so
+    disclose to the consultant through its ServiceRequest and Consent) the second's result."""
+    body = {
+        "patient": f"Patient/{two_people['first']}",
+        "consultant": consultant.client_id,
+        "question": "请会诊 please advise",
+        "share": {
+            "items": [
+                f"Observation/{two_people['first_result']}",
+                f"Observation/{two_people['second_result']}",
+            ]
+        },
+        "expires": _in(1),
+        "consent": {"method": "verbal"},
+    }
+    opened = doctor.post(f"{hub.base_url}/consultations", json=body)
+    assert opened.status_code == 404, opened.text
+
+
+# -- malformed input to the new endpoints --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "patient", ["Patient/a\u0000b", "Patient/" + "x" * 5000, "Observation/1", "Patient/", ""]
+)
+def test_malformed_patients_are_client_errors(
+    hub: HubUnderTest, doctor: Client, admin: Client, patient: str
+) -> None:
+    for purpose, reason in (("TREAT", None), ("ETREAT", "急诊抢救，患者昏迷无法提供病史")):
+        answer = doctor.post(
+            f"{hub.base_url}/access/grants",
+            json={"patient": patient, "purposeOfUse": purpose, "reason": reason},
+        )
+        assert 400 <= answer.status_code < 500, answer.text
+    launched = doctor.post(f"{hub.base_url}/auth/launch", json={"patient": patient})
+    assert 400 <= launched.status_code < 500, launched.text
+    consult = doctor.post(
+        f"{hub.base_url}/consultations",
+        json={
+            "patient": patient,
+            "consultant": "user:nobody",
+            "question": "q",
+            "share": {"items": ["Observation/x"]},
+            "expires": _in(1),
+            "consent": {"method": "verbal"},
+        },
+    )
+    assert 400 <= consult.status_code < 500, consult.text
+
+
+@pytest.mark.parametrize("value", ["a\u0000b", "Observation/a\u0000b", "user:\u0000"])
+def test_nul_characters_in_a_consult_are_client_errors(
+    hub: HubUnderTest, doctor: Client, consultant: Client, two_people: dict[str, str], value: str
+) -> None:
+    base = {
+        "patient": f"Patient/{two_people['first']}",
+        "consultant": consultant.client_id,
+        "question": "请会诊",
+        "share": {"items": [f"Observation/{two_people['first_result']}"]},
+        "expires": _in(1),
+        "consent": {"method": "verbal", "note": ""},
+    }
+    variants: list[dict[str, Any]] = [
+        base | {"consultant": value},
+        base | {"question": value},
+        base | {"share": {"items": [value]}},
+        base | {"consent": {"method": "verbal", "note": value}},
+    ]
+    answers = [
+        doctor.post(f"{hub.base_url}/consultations", json=body).status_code for body in variants
+    ]
+    assert all(400 <= status < 500 for status in answers), answers
+
+
+def test_admin_access_log_of_a_malformed_id_is_a_client_error(
+    hub: HubUnderTest, admin: Client
+) -> None:
+    for patient_id in ("a%00b", "x" * 5000):
+        answer = admin.get(f"{hub.base_url}/admin/access/patients/{patient_id}")
+        assert 400 <= answer.status_code < 500, answer.text
+
+
+def test_a_nul_in_a_consent_note_does_not_break_the_consult_list(
+    hub: HubUnderTest, doctor: Client, consultant: Client, two_people: dict[str, str]
+) -> None:
+    """The note goes into the Consent; once the consult ends, the list settles the Consent's
+    status (a JSON query over it) and must still answer."""
+    opened = doctor.post(
+        f"{hub.base_url}/consultations",
+        json={
+            "patient": f"Patient/{two_people['first']}",
+            "consultant": consultant.client_id,
+            "question": "请会诊",
+            "share": {"items": [f"Observation/{two_people['first_result']}"]},
+            "expires": _in(1),
+            "consent": {"method": "verbal", "note": "患者口头同意\u0000"},
+        },
+    )
+    if opened.status_code == 201:
+        revoked = doctor.post(f"{hub.base_url}/consultations/{opened.json()['id']}/revoke")
+        assert revoked.status_code == 200, revoked.text
+    else:
+        assert opened.status_code == 400, opened.text
+    for client in (doctor, consultant):
+        listed = client.get(f"{hub.base_url}/consultations")
+        assert listed.status_code == 200, listed.text
