@@ -4,6 +4,7 @@ HTTP against the running hub."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -177,3 +178,81 @@ def test_a_nul_in_a_consent_note_does_not_break_the_consult_list(
     for client in (doctor, consultant):
         listed = client.get(f"{hub.base_url}/consultations")
         assert listed.status_code == 200, listed.text
+
+
+# -- a consultant within the consult's scope -----------------------------------------------------
+
+
+def _study(client: Client, patient_id: str, study_uid: str) -> str:
+    return create(
+        client,
+        {
+            "resourceType": "ImagingStudy",
+            "status": "available",
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "started": "2026-11-01T09:00:00+08:00",
+            "numberOfSeries": 0,
+            "numberOfInstances": 0,
+        },
+    )
+
+
+@pytest.fixture
+def consult_scene(
+    hub: HubUnderTest, hospital_a: Client, hospital_b: Client, doctor: Client
+) -> dict[str, Any]:
+    """A person at hospitals A and B (in the doctor's care at B); at A a result and a study
+    to share and a result and a study not to; a web consultant."""
+    someone = person(fresh_people())
+    pid_a = create(hospital_a, source(someone, hospital_a.organization))
+    pid_b = create(hospital_b, source(someone, hospital_b.organization))
+    _treat(hub, doctor, pid_b)
+    shared_uid, other_uid = (f"2.25.{uuid.uuid4().int}" for _ in range(2))
+    scene = {
+        "a": pid_a,
+        "b": pid_b,
+        "shared": result_for(hospital_a, pid_a),
+        "other": result_for(hospital_a, pid_a),
+        "study": _study(hospital_a, pid_a, shared_uid),
+        "other_study": _study(hospital_a, pid_a, other_uid),
+        "study_uid": shared_uid,
+        "other_study_uid": other_uid,
+        "consultant": add_user(hub, "consultant"),
+    }
+    opened = doctor.post(
+        f"{hub.base_url}/consultations",
+        json={
+            "patient": f"Patient/{pid_a}",
+            "consultant": f"user:{scene['consultant']['username']}",
+            "question": "请协助阅片 please read the study",
+            "share": {
+                "items": [f"Observation/{scene['shared']}", f"ImagingStudy/{scene['study']}"]
+            },
+            "expires": _in(1),
+            "consent": {"method": "written"},
+        },
+    )
+    assert opened.status_code == 201, opened.text
+    scene["consult"] = opened.json()["id"]
+    return scene
+
+
+def test_the_consultant_opens_a_shared_study_in_the_viewer(
+    hub: HubUnderTest, consult_scene: dict[str, Any]
+) -> None:
+    browser = Browser(hub.base_url)
+    assert browser.login(consult_scene["consultant"]["username"]).status_code == 303
+    page = browser.get(f"/consults/{consult_scene['consult']}")
+    assert page.status_code == 200, page.text
+    link = f"/viewer/studies/{consult_scene['study_uid']}"
+    assert link in page.text
+    viewer = browser.get(link, params={"back": f"/consults/{consult_scene['consult']}"})
+    assert viewer.status_code == 200, viewer.text[:500]
+    assert f'href="/consults/{consult_scene["consult"]}"' in viewer.text
+    assert browser.get(f"/viewer/studies/{consult_scene['other_study_uid']}").status_code == 404
+    # The back link is a local page, never another site or a script.
+    for back in ("https://evil.example/", "//evil.example/", "javascript:alert(1)"):
+        answer = browser.get(link, params={"back": back})
+        assert answer.status_code == 200
+        assert "evil.example" not in answer.text and "javascript:" not in answer.text

@@ -28,7 +28,7 @@ from hub.records.unit_of_work import unit_of_work
 from hub.security import policy
 from hub.security.principals import ClientKind
 from hub.web.charts import line_chart
-from hub.web.dependencies import CurrentUser, WebUser, require_role, web_hub
+from hub.web.dependencies import CurrentUser, WebUser, require_role, safe_next, web_hub
 from hub.web.i18n import request_lang
 from hub.web.pages.auth import home_for
 from hub.web.rendering import render
@@ -56,6 +56,8 @@ from hub.workstation.trends import parse_code, trend
 
 router = APIRouter()
 Doctor = Annotated[WebUser, Depends(require_role(ClientKind.DOCTOR))]
+# The viewer is also the consultant's: a study shared by a consultation opens in it.
+Reader = Annotated[WebUser, Depends(require_role(ClientKind.DOCTOR, ClientKind.CONSULTANT))]
 PAGE_SIZE = 30
 RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
 MAX_ITEMS = 30
@@ -430,8 +432,9 @@ def _reasons(request: Request) -> list[tuple[str, str]]:
 
 
 @router.get("/viewer/studies/{study_uid}")
-async def viewer_page(request: Request, study_uid: str, user: Doctor) -> Response:
-    """The viewer, only for a study the doctor's purposes cover (else 404)."""
+async def viewer_page(request: Request, study_uid: str, user: Reader, back: str = "") -> Response:
+    """The viewer, only for a study the doctor's purposes (or the consultant's consultations)
+    cover (else 404); ``back``: the local page the back link returns to."""
     hub = web_hub(request)
     principal = user.principal
     async with audited(request, principal, "workstation:viewer", "R") as audit:
@@ -449,13 +452,13 @@ async def viewer_page(request: Request, study_uid: str, user: Doctor) -> Respons
     study = load_json(found.page.rows[0].content)
     subject = ((study.get("subject") or {}).get("reference") or "").rpartition("/")[2]
     token = hub.tokens.issue(principal)[0]
-    context = viewer_context(
-        study_uid,
-        "/dicomweb",
-        token,
-        request_lang(request),
-        f"/patients/{subject}" if subject else "/",
-    )
+    if user.role == ClientKind.CONSULTANT:
+        back_url = "/consults"
+    else:
+        back_url = f"/patients/{subject}" if subject else "/"
+    if back and safe_next(back) == back:
+        back_url = back
+    context = viewer_context(study_uid, "/dicomweb", token, request_lang(request), back_url)
     return render(request, "viewer.html", **context)
 
 
