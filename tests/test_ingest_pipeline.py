@@ -919,11 +919,7 @@ def test_cbc_sample_is_found_by_a_doctor_elsewhere(
 ) -> None:
     """Hospital B's doctor, ordering for the sample's patient, finds hospital A's sample
     result by the resident ID."""
-    (sent,) = [
-        o
-        for o in search(hospital_a, "Observation", code=f"{LOINC}|718-7")
-        if o["identifier"][0]["value"] == "XS20240305001:HGB:"
-    ]
+    (sent,) = search(hospital_a, "Observation", identifier="XS20240305001:HGB:")
     # (The suite stores many records with this ID number; the order names the record.)
     order_for(doctor, sent["subject"]["reference"].removeprefix("Patient/"))
     found = search(
