@@ -256,3 +256,80 @@ def test_the_consultant_opens_a_shared_study_in_the_viewer(
         answer = browser.get(link, params={"back": back})
         assert answer.status_code == 200
         assert "evil.example" not in answer.text and "javascript:" not in answer.text
+
+
+def test_the_consultants_fhir_reads_stay_inside_the_shared_items(
+    hub: HubUnderTest, doctor: Client, consultant: Client, consult_scene: dict[str, Any]
+) -> None:
+    """Through history, vread, _include/_revinclude and chained searches as well."""
+    opened = doctor.post(
+        f"{hub.base_url}/consultations",
+        json={
+            "patient": f"Patient/{consult_scene['a']}",
+            "consultant": consultant.client_id,
+            "question": "请会诊",
+            "share": {"items": [f"Observation/{consult_scene['shared']}"]},
+            "expires": _in(1),
+            "consent": {"method": "written"},
+        },
+    )
+    assert opened.status_code == 201, opened.text
+    other = consult_scene["other"]
+    for path in (
+        f"/Observation/{other}",
+        f"/Observation/{other}/_history",
+        f"/Observation/{other}/_history/1",
+        f"/ImagingStudy/{consult_scene['other_study']}",
+    ):
+        answer = consultant.get(path)
+        assert answer.status_code == 404 or other not in answer.text, (path, answer.text[:300])
+    searches: list[tuple[str, dict[str, str]]] = [
+        ("/Observation/_history", {"_count": "200"}),
+        ("/_history", {"_count": "200"}),
+        ("/Patient", {"_id": consult_scene["a"], "_revinclude": "Observation:subject"}),
+        ("/Patient", {"_id": consult_scene["b"], "_revinclude": "Observation:patient"}),
+        ("/Observation", {"patient": consult_scene["b"]}),
+        ("/Observation", {"subject:Patient._id": consult_scene["a"]}),
+        ("/Observation", {"_id": other}),
+        ("/ImagingStudy", {"patient": consult_scene["a"]}),
+        (f"/Patient/{consult_scene['b']}/$everything", {}),
+        (f"/Patient/{consult_scene['a']}/$everything", {"_type": "Observation,ImagingStudy"}),
+    ]
+    for path, params in searches:
+        answer = consultant.get(path, params=params)
+        assert answer.status_code in (200, 403, 404), (path, answer.text[:300])
+        found = {
+            e["resource"]["id"]
+            for e in (answer.json().get("entry") or [] if answer.status_code == 200 else [])
+        }
+        assert other not in found and consult_scene["other_study"] not in found, (path, params)
+    seen = consultant.get(f"/Patient/{consult_scene['a']}/$everything").text
+    assert consult_scene["shared"] in seen
+    # DICOMweb: the unshared study is no match and not found.
+    dicomweb = consultant.get(
+        f"{hub.base_url}/dicomweb/studies",
+        params={"StudyInstanceUID": consult_scene["other_study_uid"]},
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert dicomweb.status_code in (200, 204) and consult_scene["other_study_uid"] not in (
+        dicomweb.text
+    )
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+def test_the_reuse_check_is_audited_with_its_purpose(
+    hub: HubUnderTest, hospital_a: Client, doctor: Client, admin: Client
+) -> None:
+    """The check returns the person's results: its audit record says under which purpose."""
+    pid = create(hospital_a, source(person(fresh_people()), hospital_a.organization))
+    result_for(hospital_a, pid)
+    checked = doctor.get(f"/Patient/{pid}/$reusable-results", params={"code": "cbc"})
+    assert checked.status_code == 200, checked.text
+    answer = admin.get(f"{hub.base_url}/admin/access/patients/{pid}")
+    assert answer.status_code == 200, answer.text
+    log = answer.json()["accesses"]
+    checks = [a for a in log if a["interaction"] == "operation:reusable-results"]
+    assert checks, log
+    assert all("purpose: ordering" in (a["detail"] or "") for a in checks), checks

@@ -90,6 +90,17 @@ class Access:
         return sorted({g.purpose for g in self.grants if ids & set(g.patients)})
 
 
+@dataclass(frozen=True)
+class Established:
+    """The purpose a request established for itself (an order's reuse check reads the
+    record under ``ordering``): what its audit record names, like ``Access.purposes``."""
+
+    purpose: str
+
+    def purposes(self, patients: set[str]) -> list[str]:
+        return [self.purpose]
+
+
 class AccessService:
     def __init__(self, members: list[tuple[str, str]], dates: dict[str, str], lifetimes: Lifetimes):
         self.members = tuple(members)

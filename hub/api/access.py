@@ -121,7 +121,8 @@ async def patient_access(
     _require_admin(principal)
     hub = get_hub(request)
     limit = max(1, min(limit, 5000))
-    patient_id = patient_id_of(patient_id)
+    if not ID_PATTERN.match(patient_id):
+        raise FhirError(400, "invalid", "not a Patient id")
     async with (
         audited(request, principal, "access:patient-log", "R") as audit,
         hub.database.connection() as connection,

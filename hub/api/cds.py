@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hub.access.service import Established
 from hub.api.dependencies import audited, authenticate, get_hub
 from hub.api.fhir import read_json
 from hub.api.recognition import open_link
@@ -273,6 +274,7 @@ async def call_service(request: Request) -> Response:
             await hub.records.access.ordering(
                 connection, principal, check.person.patients[0], f"cds:{service_id}"
             )
+            audit.access = Established("ordering")
         if not check.found:
             return json_answer({"cards": []})
         user = context.get("userId") if isinstance(context.get("userId"), str) else None

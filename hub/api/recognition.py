@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 import fhir_profiles
+from hub.access.service import Established
 from hub.api.dependencies import Caller, audited, authenticate, get_hub
 from hub.api.fhir import fhir_base, pretty, query_pairs, read_json, redacted_query
 from hub.api.responses import fhir_response
@@ -163,6 +164,7 @@ async def reusable_results(request: Request) -> Response:
             await hub.records.access.ordering(
                 connection, principal, check.person.patients[0], "reusable-results"
             )
+            audit.access = Established("ordering")
         audit.entities += [
             v.result.primary.reference for v in check.verdicts if v.reusable and v.result
         ]
@@ -492,6 +494,12 @@ async def recorded_check(request: Request, principal: Caller) -> Response:
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
         if not check.found:
             raise FhirError(404, "not-found", "no patient with that id or identifier")
+        if principal.kind == ClientKind.DOCTOR and check.person.patients:
+            # As $reusable-results: checking before an order is ordering for the patient.
+            await hub.records.access.ordering(
+                connection, principal, check.person.patients[0], "recognition-checks"
+            )
+            audit.access = Established("ordering")
         await hub.recognition.record(
             repo,
             check,
