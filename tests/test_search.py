@@ -1175,3 +1175,18 @@ def encounter(org: str, pid: str) -> dict[str, Any]:
         "subject": {"reference": f"Patient/{pid}"},
         "serviceProvider": {"reference": f"Organization/{org}"},
     }
+
+
+def test_a_bare_patient_id_finds_the_persons_results_at_every_hospital(
+    hospital_a: Client, hospital_b: Client, admin: Client
+) -> None:
+    """``patient=<id>`` means ``patient=Patient/<id>``: the person, all linked records."""
+    from tests.identity_support import create, fresh_people, person, result_for, source
+
+    someone = person(fresh_people())
+    a = create(hospital_a, source(someone, hospital_a.organization))
+    b = create(hospital_b, source(someone, hospital_b.organization))
+    expected = {result_for(hospital_a, a), result_for(hospital_b, b)}
+    for value in (a, f"Patient/{a}"):
+        found = admin.get("/Observation", params={"patient": value}).json()
+        assert {e["resource"]["id"] for e in found.get("entry", [])} == expected, value

@@ -203,3 +203,36 @@ def _grants(hub: HubUnderTest, username: str) -> list[dict[str, Any]]:
         hub, "SELECT purpose, patient_id FROM access_grant WHERE client_id = $1", f"user:{username}"
     )
     return [dict(r) for r in rows]
+
+
+def test_a_person_cannot_give_themselves_a_purpose(
+    hub: HubUnderTest, doctor: Client, hospital_a: Client, app_id: str, patient: dict[str, str]
+) -> None:
+    """A user-level token (a person, not an EHR) neither creates launch contexts nor gets the
+    ordering purpose from a reuse check: only the EHR's system client does."""
+    user = add_user(hub, "doctor")
+    browser = Browser(hub.base_url)
+    browser.login(user["username"], PASSWORD)
+    verifier = secrets.token_urlsafe(48)
+    launch = _launch(hub, doctor, patient["id"])["launch"]
+    answer = _authorize(hub, browser, app_id, launch, verifier, scope="launch user/*.rs")
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    body = _token(hub, app_id, code, verifier).json()
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    stranger = create(hospital_a, source(person(fresh_people()), hospital_a.organization))
+    stranger_result = result_for(hospital_a, stranger)
+    relaunch = httpx.post(
+        f"{hub.base_url}/auth/launch", headers=bearer, json={"patient": f"Patient/{stranger}"}
+    )
+    assert relaunch.status_code == 403, relaunch.text
+    checked = httpx.get(
+        f"{hub.fhir}/Patient/{stranger}/$reusable-results",
+        params={"code": "http://loinc.org|58410-2"},
+        headers=bearer,
+    )
+    assert checked.status_code == 200, checked.text
+    assert httpx.get(f"{hub.fhir}/Observation/{stranger_result}", headers=bearer).status_code == 404
+    # The launched patient is readable (the launch purpose), with this user-level token too.
+    assert (
+        httpx.get(f"{hub.fhir}/Observation/{patient['result']}", headers=bearer).status_code == 200
+    )

@@ -187,6 +187,23 @@ class AccessService:
         """An order is being placed for the patient (CDS Hooks, a card link)."""
         return await self._grant(connection, principal, patient_id, "ordering", None, source)
 
+    async def order_placed(
+        self,
+        connection: asyncpg.Connection,
+        principal: Principal,
+        patient_ids: list[str],
+        source: str,
+    ) -> bool:
+        """An EHR's reuse check before an order (CDS Hooks, ``$reusable-results``): the ordering
+        purpose for that EHR's doctor client. Only registered systems establish it this way —
+        the hub trusts an EHR to ask for the orders it is placing; a person (a workstation user
+        or an app acting as one) gets it from an order of their hospital (the card link) or
+        opens the patient in their care. Whether a grant was made."""
+        if principal.kind != ClientKind.DOCTOR or principal.is_person or not patient_ids:
+            return False
+        await self.ordering(connection, principal, patient_ids[0], source)
+        return True
+
     async def launch(
         self, connection: asyncpg.Connection, principal: Principal, patient_id: str, source: str
     ) -> Grant:

@@ -180,8 +180,8 @@ class LaunchRequest(BaseModel):
 async def launch(body: LaunchRequest, request: Request, principal: Caller) -> Response:
     """An EHR's launch context for SMART EHR launch: open ``url`` in the doctor's browser."""
     hub = get_hub(request)
-    if principal.kind not in (ClientKind.DOCTOR, ClientKind.HOSPITAL):
-        raise forbidden("only an EHR (a doctor or hospital client) can launch the workstation")
+    if principal.kind not in (ClientKind.DOCTOR, ClientKind.HOSPITAL) or principal.is_person:
+        raise forbidden("only an EHR (a doctor or hospital client) can create a launch context")
     from hub.api.access import patient_id_of
 
     patient_id = patient_id_of(body.patient)

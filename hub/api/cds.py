@@ -38,7 +38,7 @@ from hub.recognition.rules import RequestedCode
 from hub.recognition.service import CheckQuery, ReminderContext
 from hub.security import policy
 from hub.security.cds_clients import UntrustedClient, is_hub_token
-from hub.security.principals import ClientKind, Principal
+from hub.security.principals import Principal
 
 PREFIX = "/cds-services"
 
@@ -269,11 +269,10 @@ async def call_service(request: Request) -> Response:
                 raise
             return json_answer({"cards": [identity_card(error.diagnostics)]})
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
-        if principal.kind == ClientKind.DOCTOR and check.person.patients:
-            # Ordering for this patient is a purpose of use: the EHR may now read the record.
-            await hub.records.access.ordering(
-                connection, principal, check.person.patients[0], f"cds:{service_id}"
-            )
+        # Ordering for this patient is a purpose of use: the EHR may now read the record.
+        if await hub.records.access.order_placed(
+            connection, principal, check.person.patients, f"cds:{service_id}"
+        ):
             audit.access = Established("ordering")
         if not check.found:
             return json_answer({"cards": []})

@@ -159,11 +159,10 @@ async def reusable_results(request: Request) -> Response:
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
         if not check.found:
             raise FhirError(404, "not-found", "no patient with that id or identifier")
-        if principal.kind == ClientKind.DOCTOR and check.person.patients:
-            # Checking before an order is ordering for this patient: a purpose of use.
-            await hub.records.access.ordering(
-                connection, principal, check.person.patients[0], "reusable-results"
-            )
+        # Checking before an order is ordering for this patient: a purpose of use.
+        if await hub.records.access.order_placed(
+            connection, principal, check.person.patients, "reusable-results"
+        ):
             audit.access = Established("ordering")
         audit.entities += [
             v.result.primary.reference for v in check.verdicts if v.reusable and v.result
@@ -494,11 +493,10 @@ async def recorded_check(request: Request, principal: Caller) -> Response:
         audit.patients |= {f"Patient/{p}" for p in check.person.patients}
         if not check.found:
             raise FhirError(404, "not-found", "no patient with that id or identifier")
-        if principal.kind == ClientKind.DOCTOR and check.person.patients:
-            # As $reusable-results: checking before an order is ordering for the patient.
-            await hub.records.access.ordering(
-                connection, principal, check.person.patients[0], "recognition-checks"
-            )
+        # As $reusable-results: checking before an order is ordering for the patient.
+        if await hub.records.access.order_placed(
+            connection, principal, check.person.patients, "recognition-checks"
+        ):
             audit.access = Established("ordering")
         await hub.recognition.record(
             repo,

@@ -251,8 +251,8 @@ class SearchParser:
         if "://" in text or text.startswith("urn:"):
             return ReferenceValue(None, None, url=text)
         parts = text.split("/")
-        if len(parts) == 1:
-            return ReferenceValue(modifier, parts[0])
+        if len(parts) == 1:  # a bare id (or ``:Type`` modifier): the type is not given
+            return ReferenceValue(modifier or None, parts[0])
         if len(parts) in (2, 4):
             return ReferenceValue(parts[0], parts[1])
         raise bad_request(f"not a reference: {text!r}")

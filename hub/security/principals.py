@@ -22,3 +22,8 @@ class Principal:
     scopes: frozenset[str]
     # A SMART patient-level token: only this patient's record (with a purpose of use for it).
     patient: str | None = None
+
+    @property
+    def is_person(self) -> bool:
+        """A workstation user (or an app acting as one), not a registered system."""
+        return self.client_id.startswith("user:")
