@@ -9,6 +9,7 @@ themselves (windows, quality control, scope) stay in ``hub.recognition``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
@@ -67,7 +68,7 @@ def result_facts(resource: dict[str, Any], zone: tzinfo, base_url: str = "") -> 
         ),
         None,
     )
-    effective = _effective(resource, zone)
+    effective = effective_of(resource, zone)
     codes: list[tuple[str, str, str | None]] = []
     if kind == "ImagingStudy":
         group: str | None = f"ImagingStudy/{resource.get('id')}"
@@ -99,7 +100,8 @@ def _codings(value: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _effective(resource: dict[str, Any], zone: tzinfo) -> datetime | None:
+def effective_of(resource: Mapping[str, Any], zone: tzinfo) -> datetime | None:
+    """When a result was taken (its effective time, a study's start, else its issue)."""
     candidates = [
         resource.get("effectiveDateTime"),
         resource.get("effectiveInstant"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from typing import Any
 
-from hub.fhir.datetimes import DateFormatError, parse_range
+from hub.fhir.results import effective_of
 
 LOINC = "http://loinc.org"
 DICOM_UID = "urn:dicom:uid"
@@ -132,22 +132,6 @@ def _local(reference: Any) -> str | None:
         return None
     parts = reference["reference"].rstrip("/").split("/")
     return "/".join(parts[-2:]) if len(parts) >= 2 else None
-
-
-def effective_of(resource: Mapping[str, Any], zone: tzinfo) -> datetime | None:
-    for value in (
-        resource.get("effectiveDateTime"),
-        resource.get("effectiveInstant"),
-        (resource.get("effectivePeriod") or {}).get("start"),
-        resource.get("started"),
-        resource.get("issued"),
-    ):
-        if isinstance(value, str):
-            try:
-                return parse_range(value, zone)[0]
-            except DateFormatError:
-                continue
-    return None
 
 
 def concept_text(concept: Any, fallback: str = "") -> str:
