@@ -212,8 +212,8 @@ def line_chart(
             f"{FONT}>{escape(unit)}</text>"
         )
     ticks = _time_ticks(start, end) if span else [start]
-    for index, tick in enumerate(ticks):
-        x = x_of(tick)
+    for index, moment in enumerate(ticks):
+        x = x_of(moment)
         anchor = "middle"
         if len(ticks) > 1 and index == 0:
             anchor = "start"
@@ -224,7 +224,7 @@ def line_chart(
             f"y2='{frame.bottom + 4:.1f}' stroke='{AXIS_COLOUR}'/>"
             f"<text class='chart-label' x='{x:.1f}' y='{frame.bottom + 17:.1f}' "
             f"text-anchor='{anchor}' fill='{TEXT_COLOUR}' {FONT}>"
-            f"{escape(_time_label(tick, span))}</text>"
+            f"{escape(_time_label(moment, span))}</text>"
         )
     parts.append(
         f"<line class='chart-axis' x1='{frame.left:.1f}' x2='{frame.right:.1f}' "

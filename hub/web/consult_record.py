@@ -86,7 +86,11 @@ class RecordView:
         return self.patients[0] if self.patients else None
 
     def keys(self) -> list[str]:
-        return [r.key for r in (*self.labs, *self.studies, *self.reports)]
+        return (
+            [r.key for r in self.labs]
+            + [r.key for r in self.studies]
+            + [r.key for r in self.reports]
+        )
 
 
 def _text(concept: Any) -> str:
