@@ -7,15 +7,28 @@ from __future__ import annotations
 import csv
 import io
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
+from hub.web.charts import format_number
 from tests.conftest import Client, HubUnderTest, unique
 from tests.identity_support import create, fresh_people, reviews_of, source
 from tests.identity_support import person as identity_person
 from tests.oru import Person, oru
+from tests.recognition_support import (
+    LOINC,
+    Hospital,
+    cbc_panel,
+    day,
+    days_ago,
+    draft_orders,
+    hook_request,
+    qc,
+    register_hospital,
+)
 from tests.test_web_auth import Browser, add_user
 
 HL7 = {"Content-Type": "x-application/hl7-v2+er7"}
@@ -322,24 +335,254 @@ def test_edit_a_catalogue_item_makes_a_new_version(
     assert f"v{after[0]['version']}" in history.text and "运维页面测试" in history.text
 
 
-def test_statistics_csv_matches_the_api(
-    hub: HubUnderTest, operator: Browser, admin: Client
+# -- statistics -------------------------------------------------------------------------------
+#
+# Two new ordering hospitals of their own, so that the figures are theirs alone whatever else
+# the session has recorded: X checks through /recognition/checks and decides through
+# /recognition/decisions; Y asks the CDS Hooks service and answers with CDS feedback.
+
+DECLINE = "https://yijian-hub.org/fhir/CodeSystem/recognition-decline-reason"
+CBC_ORDER = {"system": LOINC, "code": "58410-2"}
+
+
+@dataclass(frozen=True)
+class Recognitions:
+    x: Hospital  # 3 reminders: accepted, declined (condition-changed), overlooked
+    y: Hospital  # 2 reminders: accepted, declined (patient-request)
+    price: float  # the CBC's price when the reminders were shown
+    item_name: str  # the CBC's catalogue name (Chinese)
+
+
+def recorded_check(hospital: Hospital, patient: str) -> str:
+    """A reuse check that records a reminder (as the workstation does); its id."""
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
+            {"name": "code", "valueCoding": CBC_ORDER},
+        ],
+    }
+    response = hospital.http.post("/recognition/checks", json=body)
+    assert response.status_code == 200, response.text
+    (reminder,) = [
+        part["valueString"]
+        for parameter in response.json()["parameter"]
+        if parameter["name"] == "item"
+        for part in parameter["part"]
+        if part["name"] == "reminder"
+    ]
+    return str(reminder)
+
+
+def decision(hospital: Hospital, reminder: str, outcome: str, reason: str | None = None) -> None:
+    body = {"reminder": reminder, "outcome": outcome, "reason": reason, "decidedBy": "王医生"}
+    response = hospital.http.post("/recognition/decisions", json=body)
+    assert response.status_code == 201, response.text
+
+
+def cds_card(hospital: Hospital, patient: str) -> dict[str, Any]:
+    """The reuse card CDS Hooks answers for a draft CBC order."""
+    order = (f"cbc-{unique()}", [CBC_ORDER])
+    body = hook_request("order-sign", None, draft_orders(order), patient_id=patient)
+    response = hospital.http.post("/cds-services/exam-reuse-sign", json=body)
+    assert response.status_code == 200, response.text
+    return next(c for c in response.json()["cards"] if c.get("suggestions"))
+
+
+def feedback(hospital: Hospital, card: dict[str, Any], **item: Any) -> None:
+    response = hospital.http.post(
+        "/cds-services/exam-reuse-sign/feedback",
+        json={"feedback": [{"card": card["uuid"], "outcomeTimestamp": days_ago(0), **item}]},
+    )
+    assert response.status_code == 200 and response.json()["recorded"] == 1, response.text
+
+
+@pytest.fixture(scope="module")
+def recognitions(hub: HubUnderTest, admin: Client) -> Recognitions:
+    lab = [qc("hematology", day(-300), day(60))]
+    tag = unique()[:8]
+    lab_hospital = register_hospital(hub, admin, f"运维统计检验医院{tag}", "330106", passes=lab)
+    x = register_hospital(hub, admin, f"运维统计甲医院{tag}", "330105", passes=lab)
+    y = register_hospital(hub, admin, f"运维统计乙医院{tag}", "330108", passes=lab)
+    patient = create(lab_hospital.client, source(identity_person(fresh_people()), lab_hospital.id))
+    cbc_panel(lab_hospital, patient, days_ago(2))
+
+    reminders = [recorded_check(x, patient) for _ in range(3)]
+    decision(x, reminders[0], "accepted")
+    decision(x, reminders[1], "declined", "condition-changed")
+    accepted, declined = cds_card(y, patient), cds_card(y, patient)
+    feedback(
+        y,
+        accepted,
+        outcome="accepted",
+        acceptedSuggestions=[{"id": accepted["suggestions"][0]["uuid"]}],
+    )
+    feedback(
+        y,
+        declined,
+        outcome="overridden",
+        overrideReason={"reason": {"system": DECLINE, "code": "patient-request"}},
+    )
+    shown = x.http.get(f"/recognition/reminders/{reminders[0]}")
+    assert shown.status_code == 200, shown.text
+    item = admin_json(hub, admin, "/admin/catalogue/items/cbc")
+    return Recognitions(x, y, float(shown.json()["price_cny"]), item["name"]["zh"])
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html)).strip()
+
+
+def table_rows(page: str, table: str) -> dict[str, list[str]]:
+    """The rows of a dashboard table (its section ``t-<table>``) by their first cell; the
+    header row under ``""``."""
+    section = page.split(f'aria-labelledby="t-{table}"', 1)[1].split("</section>", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", section, re.S):
+        cells = [_text(cell) for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+        rows["" if "<th" in row else cells[0]] = cells
+    return rows
+
+
+def tiles(page: str) -> dict[str, str]:
+    """The summary tiles: what → figure."""
+    found = re.findall(
+        r'<span class="figure"[^>]*>([^<]*)</span><span class="what">([^<]*)</span>', page
+    )
+    return {what: figure for figure, what in found}
+
+
+def svg_charts(page: str) -> dict[str, str]:
+    """The dashboard's charts by the heading of their card."""
+    cards = re.findall(
+        r'<section class="chart-card"[^>]*>\s*<h3[^>]*>([^<]*)</h3>(.*?)</section>', page, re.S
+    )
+    return {heading: svg for heading, svg in cards}
+
+
+def bar_titles(svg: str) -> list[str]:
+    return [t.strip() for t in re.findall(r"<g class='chart-bar'><title>([^<]*)</title>", svg)]
+
+
+def test_dashboard_shows_one_hospitals_recognitions(
+    operator: Browser, recognitions: Recognitions
 ) -> None:
-    for table, group in (("organization", "organization"), ("item", "item")):
-        exported = operator.get(f"/ops/statistics.csv?table={table}&period=month")
+    x, price = recognitions.x, recognitions.price
+    page = operator.get(f"/ops/statistics?organization={x.id}&period=month")
+    assert page.status_code == 200, page.text[:2000]
+    assert tiles(page.text) == {
+        "互认提醒": "3",
+        "查阅率": "0.0%",
+        "互认率": "33.3%",
+        "避免重复检查": "1",
+        "节省费用": f"¥{price:,.2f}",
+        "不互认": "1",
+    }
+    (trend,) = [cells for key, cells in table_rows(page.text, "trend").items() if key]
+    assert trend[1:] == ["3", "0", "1", "1", "1", "0.0%", "33.3%", f"{price:.2f}"]
+    month = trend[0]
+    by_org = table_rows(page.text, "org")
+    assert by_org[""][-1] == "病情变化"  # the one decline reason among X's reminders
+    assert set(by_org) == {"", x.name}
+    assert by_org[x.name][1:] == ["3", "1", "1", "33.3%", f"{price:.2f}", "1"]
+    by_item = table_rows(page.text, "item")
+    assert by_item[recognitions.item_name][1:] == by_org[x.name][1:]
+
+    charts = svg_charts(page.text)
+    assert len(charts) == 4
+    rate = charts["互认率随时间变化"]
+    (point,) = re.findall(r"<circle class='chart-point'[^>]*><title>([^<]*)</title>", rate)
+    assert point == f"{month} 00:00 33.33 %"
+    assert bar_titles(charts["各期节省费用"]) == [f"{month}: {format_number(price)} 元"]
+    assert bar_titles(charts["各医院节省费用"]) == [f"{x.name}: {format_number(price)} 元"]
+    assert bar_titles(charts["最常见的不互认原因"]) == ["病情变化: 1"]
+
+    operator.get("/lang/en?next=/")
+    try:
+        english = operator.get(f"/ops/statistics?organization={x.id}")
+    finally:
+        operator.get("/lang/zh-CN?next=/")
+    reasons = svg_charts(english.text)["Most common decline reasons"]
+    assert bar_titles(reasons) == ["Condition changed: 1"]
+
+
+def test_dashboard_compares_hospitals_and_their_decline_reasons(
+    operator: Browser, recognitions: Recognitions
+) -> None:
+    x, y, price = recognitions.x, recognitions.y, recognitions.price
+    page = operator.get(f"/ops/statistics?from={day(0)}&to={day(1)}")
+    assert page.status_code == 200
+    by_org = table_rows(page.text, "org")
+    header = by_org[""]
+    changed, requested = header.index("病情变化"), header.index("患者要求")
+    assert by_org[x.name][1:6] == ["3", "1", "1", "33.3%", f"{price:.2f}"]
+    assert (by_org[x.name][changed], by_org[x.name][requested]) == ("1", "")
+    assert by_org[y.name][1:6] == ["2", "1", "1", "50.0%", f"{price:.2f}"]
+    assert (by_org[y.name][changed], by_org[y.name][requested]) == ("", "1")
+    savings = bar_titles(svg_charts(page.text)["各医院节省费用"])
+    assert (
+        f"{x.name}: {format_number(price)} 元" in savings
+        and f"{y.name}: {format_number(price)} 元" in savings
+    )
+    reasons = dict(
+        title.rsplit(": ", 1) for title in bar_titles(svg_charts(page.text)["最常见的不互认原因"])
+    )
+    assert int(reasons["病情变化"]) >= 1 and int(reasons["患者要求"]) >= 1
+    # a period after the reminders: nothing for X, and the charts say so
+    later = operator.get(f"/ops/statistics?organization={x.id}&from={day(1)}")
+    assert tiles(later.text)["互认提醒"] == "0"
+    assert all("chart-bar'" not in svg for svg in svg_charts(later.text).values())
+    assert "chart-point" not in svg_charts(later.text)["互认率随时间变化"]
+
+
+# The dashboard's CSV tables as the API's query.
+API_GROUPS = {
+    "trend": {"period": "month"},
+    "organization": {"group": "organization"},
+    "item": {"group": "item"},
+}
+
+
+@pytest.mark.parametrize("table", list(API_GROUPS))
+def test_statistics_csv_equals_the_api_for_the_same_filters(
+    hub: HubUnderTest, operator: Browser, admin: Client, recognitions: Recognitions, table: str
+) -> None:
+    x, y = recognitions.x, recognitions.y
+    for filters in (
+        {"organization": x.id},
+        {"organization": y.id, "from": day(0), "to": day(1)},
+        {"from": day(0), "to": day(1)},
+        {"organization": x.id, "from": day(1)},
+    ):
+        exported = operator.get(
+            "/ops/statistics.csv", params={"table": table, "period": "month", **filters}
+        )
         assert exported.status_code == 200
         assert exported.headers["content-type"].startswith("text/csv")
+        api = admin.http.get(
+            hub.base_url + "/recognition/statistics",
+            params={**API_GROUPS[table], **filters, "format": "csv"},
+        )
+        assert api.status_code == 200, api.text
+        assert exported.text == api.text, filters
         rows = list(csv.DictReader(io.StringIO(exported.text.lstrip("\ufeff"))))
-        api = admin_json(hub, admin, "/recognition/statistics", group=group)["rows"]
-        assert len(rows) == len(api)
-        for mine, theirs in zip(rows, api, strict=True):
-            assert mine[group] == (theirs[group] or "")
-            assert int(mine["reminders"]) == theirs["reminders"]
-            assert int(mine["accepted"]) == theirs["accepted"]
-            assert float(mine["saved_cny"]) == theirs["saved_cny"]
-    trend = operator.get("/ops/statistics.csv?table=trend&period=month")
-    rows = list(csv.DictReader(io.StringIO(trend.text.lstrip("\ufeff"))))
-    api = admin_json(hub, admin, "/recognition/statistics", period="month")["rows"]
-    assert [r["period"] for r in rows] == [r["period"] for r in api]
+        figures = admin_json(hub, admin, "/recognition/statistics", **API_GROUPS[table], **filters)
+        assert [int(row["reminders"]) for row in rows] == [
+            row["reminders"] for row in figures["rows"]
+        ]
+        if filters.get("organization") == x.id and "from" not in filters:
+            (only,) = rows
+            assert (only["reminders"], only["accepted"], only["declined"]) == ("3", "1", "1")
+            assert only["declined_condition-changed"] == "1"
+            assert float(only["saved_cny"]) == recognitions.price
+        if filters.get("from") == day(1):
+            assert rows == []
+        if "organization" not in filters and table == "organization":
+            mine = {row["organization"]: row for row in rows if row["organization"] in (x.id, y.id)}
+            assert mine[y.id]["declined_patient-request"] == "1"
+            assert mine[x.id]["declined_condition-changed"] == "1"
+
+
+def test_dashboard_draws_four_charts(operator: Browser) -> None:
     page = operator.get("/ops/statistics?period=month")
     assert page.text.count("<svg class='chart") == 4
