@@ -125,13 +125,32 @@ class AccessFilter:
                 f"OR {alias}.owner_org = {sql.add(self.organization)})"
             )
         if self.scopes is not None:
-            inside = [s.sql(sql, alias, self.members, self.dates) for s in self.scopes]
+            inside = [
+                s.sql(sql, alias, self.members, self.dates) for s in merged_scopes(self.scopes)
+            ]
             parts.append(
                 f"({alias}.res_type <> ALL({sql.add(sorted(self.patient_types))}::text[])"
                 + "".join(f" OR {part}" for part in inside)
                 + ")"
             )
         return " AND ".join(parts) or "TRUE"
+
+
+def merged_scopes(scopes: tuple[PatientScope, ...]) -> list[PatientScope]:
+    """The scopes with those that differ only in their patients joined into one.
+
+    The rows are the same — a row of P1 under restriction R, or of P2 under R, is a row of
+    P1 ∪ P2 under R — but the SQL has one semi-join per distinct restriction instead of one
+    per grant: a doctor with 50 grants in care (a busy ward) is one index lookup, not 50.
+    """
+    patients: dict[tuple[Any, ...], dict[str, None]] = {}
+    for scope in scopes:
+        key = (scope.resources, scope.period, scope.organizations)
+        patients.setdefault(key, {}).update(dict.fromkeys(scope.patients))
+    return [
+        PatientScope(tuple(ids), resources, period, organizations)
+        for (resources, period, organizations), ids in patients.items()
+    ]
 
 
 @dataclass
