@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from hub.web.charts import format_number
+from hub.web.i18n import MESSAGES_EN
 from tests.conftest import Client, HubUnderTest, unique
 from tests.identity_support import create, fresh_people, reviews_of, source
 from tests.identity_support import person as identity_person
@@ -586,3 +588,37 @@ def test_statistics_csv_equals_the_api_for_the_same_filters(
 def test_dashboard_draws_four_charts(operator: Browser) -> None:
     page = operator.get("/ops/statistics?period=month")
     assert page.text.count("<svg class='chart") == 4
+
+
+# -- English for messages written in Python ----------------------------------------------------
+
+
+def test_page_messages_are_in_english_with_the_english_interface(operator: Browser) -> None:
+    operator.get("/lang/en?next=/")
+    try:
+        refused = post_form(
+            operator,
+            "/ops/hospitals",
+            "/ops/hospitals",
+            {"name": " ", "system": "https://yijian.example/hospital", "value": "X"},
+        )
+        missing = operator.get("/ops/dead-letters/987654321")
+        bad_date = operator.get("/ops/statistics?from=31.1.2025")
+    finally:
+        operator.get("/lang/zh-CN?next=/")
+    assert refused.status_code == 422
+    assert "Enter the hospital&#39;s name, identifier system and identifier value." in refused.text
+    assert "请填写医院名称" not in refused.text
+    assert missing.status_code == 404
+    assert "There is no dead letter number 987654321." in missing.text
+    assert bad_date.status_code == 400
+    assert "The date 31.1.2025 cannot be read" in bad_date.text
+    chinese = operator.get("/ops/dead-letters/987654321")
+    assert "没有编号为 987654321 的死信。" in chinese.text
+
+
+def test_english_messages_keep_their_placeholders() -> None:
+    messages = json.loads(MESSAGES_EN.read_text(encoding="utf-8"))
+    assert list(messages) == sorted(messages)
+    for chinese, english in messages.items():
+        assert set(re.findall(r"{(\w*)}", chinese)) == set(re.findall(r"{(\w*)}", english)), chinese

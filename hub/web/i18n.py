@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -46,3 +47,16 @@ def parse_lang(value: str | None) -> Lang | None:
 def request_lang(request: Request) -> Lang:
     """The language of a request: the ``yijian_lang`` cookie, else Chinese."""
     return parse_lang(request.cookies.get(LANG_COOKIE)) or DEFAULT_LANG
+
+
+def translator(request: Request) -> Callable[..., str]:
+    """The request's ``_`` for messages written in Python: ``_("没有机构 {organization}。",
+    organization=org_id)`` translates the Chinese (named ``{placeholders}`` kept in the
+    English), then fills in the values, so that the values themselves are never translated."""
+    lang = request_lang(request)
+
+    def _(text: str, **values: object) -> str:
+        translated = translate(text, lang)
+        return translated.format(**values) if values else translated
+
+    return _

@@ -235,11 +235,12 @@ async def new_consult(request: Request, user: Doctor, patient: str = "") -> Resp
     return await _render_form(request, web_hub(request), user, patient_id, _form_defaults())
 
 
-def _parse_date(value: str, label: str) -> date:
+def _parse_date(value: str, invalid: str) -> date:
+    """The form's date; a 400 saying ``invalid`` (the template translates it) otherwise."""
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
-        raise FhirError(400, "value", f"{label}日期无效。") from None
+        raise FhirError(400, "value", invalid) from None
 
 
 def _consult_request(form: dict[str, Any], patient_id: str, tz: tzinfo) -> ConsultRequest:
@@ -257,8 +258,8 @@ def _consult_request(form: dict[str, Any], patient_id: str, tz: tzinfo) -> Consu
     items: tuple[str, ...] | None = None
     period: tuple[datetime, datetime] | None = None
     if form["share"] == "period":
-        start = _parse_date(form["period_start"], "开始")
-        end = _parse_date(form["period_end"], "结束")
+        start = _parse_date(form["period_start"], "开始日期无效。")
+        end = _parse_date(form["period_end"], "结束日期无效。")
         if end < start:
             raise FhirError(400, "value", "共享期间的结束日期早于开始日期。")
         period = (

@@ -29,7 +29,7 @@ from hub.security import policy
 from hub.security.principals import ClientKind
 from hub.web.charts import line_chart
 from hub.web.dependencies import CurrentUser, WebUser, require_role, safe_next, web_hub
-from hub.web.i18n import request_lang
+from hub.web.i18n import request_lang, translate
 from hub.web.pages.auth import home_for
 from hub.web.rendering import render
 from hub.web.viewer import viewer_context
@@ -324,7 +324,7 @@ async def trend_page(request: Request, patient_id: str, user: Doctor, code: str 
         high=latest.high if latest else None,
         unit=latest.unit if latest else "",
         title=title,
-        empty_text="无数据" if lang != "en" else "No data",
+        empty_text=translate("无数据", lang),
     )
     return render(
         request,

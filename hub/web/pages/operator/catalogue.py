@@ -18,6 +18,7 @@ from hub.recognition.catalogue import Catalogue, CatalogueItem
 from hub.recognition.repository import RecognitionRepository
 from hub.security import policy
 from hub.web.dependencies import WebUser, web_hub
+from hub.web.i18n import translator
 from hub.web.pages.operator.admin import AdminUser, notice
 from hub.web.pages.operator.catalogue_form import (
     CONDITIONS,
@@ -98,7 +99,7 @@ async def edit_item(request: Request, user: AdminUser, item_id: str) -> Response
         return _edit_page(request, NEW, blank_form(), exists=False)
     item = (await _current(request)).items.get(item_id)
     if item is None:
-        raise HTTPException(404, f"互认目录中没有项目 {item_id}。")
+        raise HTTPException(404, translator(request)("互认目录中没有项目 {item}。", item=item_id))
     return _edit_page(request, item_id, item_form(item))
 
 
@@ -110,6 +111,7 @@ async def save_item(request: Request, user: AdminUser, item_id: str) -> Response
     fields["not_suggested_when"] = [str(v) for v in form.getlist("not_suggested_when")]
     creating = item_id == NEW
     page_id = item_id
+    _ = translator(request)
 
     def refused(message: str) -> Response:
         return _edit_page(request, page_id, fields, message, exists=not creating)
@@ -117,13 +119,13 @@ async def save_item(request: Request, user: AdminUser, item_id: str) -> Response
     if creating:
         item_id = str(form.get("id") or "").strip()
         if not item_id:
-            return refused("请填写项目 ID。")
+            return refused(_("请填写项目 ID。"))
         if item_id in (await _current(request)).items:
-            return refused(f"项目 {item_id} 已存在。")
+            return refused(_("项目 {item} 已存在。", item=item_id))
     try:
         raw = item_json(item_id, fields, fields["not_suggested_when"])
     except FormError as error:
-        return refused(str(error))
+        return refused(error.message(_))
     note = str(form.get("note") or "").strip()[:500] or None
     try:
         version = await _put(request, user, raw, note)

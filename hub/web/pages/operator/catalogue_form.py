@@ -9,7 +9,7 @@ whole; this module only turns text into the item's JSON and says which line it c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hub.recognition.catalogue import (
@@ -27,7 +27,17 @@ SCOPES = ("institution", "community", "city", "province", "national")
 
 
 class FormError(ValueError):
-    """A field the form cannot read; the message names the field and the line."""
+    """A field the form cannot read; the message names the field and the line. ``template``
+    is the Chinese source with ``{placeholders}`` for ``values``; ``field`` (Chinese) is
+    translated too, the values (what was typed) are not."""
+
+    def __init__(self, template: str, field: str = "", **values: object) -> None:
+        self.template, self.field, self.values = template, field, values
+        super().__init__(template.format(field=field, **values))
+
+    def message(self, _: Callable[..., str]) -> str:
+        """The message in the language of ``_`` (a ``hub.web.i18n.translator``)."""
+        return _(self.template, field=_(self.field) if self.field else "", **self.values)
 
 
 # -- item → form ---------------------------------------------------------------------------------
@@ -117,7 +127,9 @@ def _codes(form: Mapping[str, Any], field: str, label: str) -> list[dict[str, st
         try:
             out.append(parse_code(line))
         except ValueError:
-            raise FormError(f"{label} 第 {number} 行无法识别：{line.strip()}") from None
+            raise FormError(
+                "{field} 第 {number} 行无法识别：{line}", label, number=number, line=line.strip()
+            ) from None
     return out
 
 
@@ -130,9 +142,15 @@ def _imaging(form: Mapping[str, Any]) -> list[dict[str, Any]]:
         try:
             body_sites = [parse_code(s, SNOMED) for s in sites.split(";") if s.strip()]
         except ValueError:
-            raise FormError(f"影像部位 第 {number} 行无法识别：{line.strip()}") from None
+            raise FormError(
+                "影像部位 第 {number} 行无法识别：{line}", number=number, line=line.strip()
+            ) from None
         if not modality.strip():
-            raise FormError(f"影像部位 第 {number} 行缺少检查类型（如 CT）：{line.strip()}")
+            raise FormError(
+                "影像部位 第 {number} 行缺少检查类型（如 CT）：{line}",
+                number=number,
+                line=line.strip(),
+            )
         targets.append({"modality": modality.strip().upper(), "body_sites": body_sites})
     return targets
 
@@ -144,7 +162,11 @@ def _regions(form: Mapping[str, Any]) -> dict[str, int]:
             continue
         region, eq, days = line.partition("=")
         if not eq or not days.strip().isdigit():
-            raise FormError(f"地区有效期 第 {number} 行应为 地区代码=天数：{line.strip()}")
+            raise FormError(
+                "地区有效期 第 {number} 行应为 地区代码=天数：{line}",
+                number=number,
+                line=line.strip(),
+            )
         regions[region.strip()] = int(days.strip())
     return regions
 
@@ -154,7 +176,9 @@ def _number(form: Mapping[str, Any], field: str, label: str, kind: type) -> Any:
     try:
         return kind(text)
     except ValueError:
-        raise FormError(f"{label} 应为数字：{text or '（空）'}") from None
+        if not text:
+            raise FormError("{field} 应为数字（不能为空）", label) from None
+        raise FormError("{field} 应为数字：{text}", label, text=text) from None
 
 
 def item_json(item_id: str, form: Mapping[str, Any], conditions: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from starlette.responses import RedirectResponse, Response
 
 from hub.api.dependencies import audited
 from hub.web.dependencies import web_hub
+from hub.web.i18n import translator
 from hub.web.pages.operator.admin import AdminUser, notice
 from hub.web.rendering import render
 
@@ -55,7 +56,7 @@ async def dead_letter(request: Request, user: AdminUser, entry_id: int) -> Respo
             letter = await hub.ingest.dead_letter(entry_id)
         except LookupError:
             audit.status = 404
-            raise HTTPException(404, f"没有编号为 {entry_id} 的死信。") from None
+            raise HTTPException(404, _no_letter(request, entry_id)) from None
     return render(
         request,
         "ops/dead_letter.html",
@@ -69,7 +70,12 @@ async def dead_letter(request: Request, user: AdminUser, entry_id: int) -> Respo
 
 def _failure(request: Request) -> str:
     """The reason a replay was refused again (the pipeline's own words, from the redirect)."""
-    return "重放仍未被接收：" + request.query_params.get("failed", "")[:500]
+    failed = request.query_params.get("failed", "")[:500]
+    return translator(request)("重放仍未被接收：{reason}", reason=failed)
+
+
+def _no_letter(request: Request, entry_id: int) -> str:
+    return translator(request)("没有编号为 {entry} 的死信。", entry=entry_id)
 
 
 @router.post("/ops/dead-letters/{entry_id}/replay")
@@ -81,10 +87,12 @@ async def replay(request: Request, user: AdminUser, entry_id: int) -> Response:
             receipt = await hub.ingest.replay(entry_id)
         except LookupError:
             audit.status = 404
-            raise HTTPException(404, f"没有编号为 {entry_id} 的死信。") from None
+            raise HTTPException(404, _no_letter(request, entry_id)) from None
         except ValueError as error:
             audit.status = 409
-            raise HTTPException(409, f"无法重放：{error}") from None
+            raise HTTPException(
+                409, translator(request)("无法重放：{error}", error=error)
+            ) from None
     if receipt.accepted:
         return RedirectResponse(f"/ops/dead-letters/{entry_id}?done=replayed", status_code=303)
     reason = f"{receipt.code} {receipt.reason or ''}".strip()
@@ -102,7 +110,7 @@ async def discard(request: Request, user: AdminUser, entry_id: int) -> Response:
             await hub.ingest.discard(entry_id)
         except LookupError:
             audit.status = 404
-            raise HTTPException(404, f"没有编号为 {entry_id} 的死信。") from None
+            raise HTTPException(404, _no_letter(request, entry_id)) from None
     return RedirectResponse(f"/ops/dead-letters/{entry_id}?done=discarded", status_code=303)
 
 

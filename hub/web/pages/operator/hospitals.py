@@ -20,6 +20,7 @@ from hub.records.unit_of_work import unit_of_work
 from hub.security.clients import ClientRegistry
 from hub.tasks.statistics import refresh_statistics
 from hub.web.dependencies import web_hub
+from hub.web.i18n import translator
 from hub.web.pages.operator.admin import AdminUser, notice, organizations
 from hub.web.rendering import render
 
@@ -91,7 +92,7 @@ async def add_hospital(
     """Register a hospital; the same identifier again changes nothing (``orgs add``)."""
     name, system, value = name.strip(), system.strip(), value.strip()
     if not name or not system or not value:
-        return await _page(request, user, "请填写医院名称、标识系统和标识值。")
+        return await _page(request, user, translator(request)("请填写医院名称、标识系统和标识值。"))
     hub = web_hub(request)
     resource = {
         "resourceType": "Organization",
@@ -132,6 +133,7 @@ async def add_feed(
     ``authorities``: lines ``AUTHORITY=SYSTEM`` (PID-3 assigning authority → identifier
     system: a URI, ``resident-id``, ``mrn``...)."""
     hub = web_hub(request)
+    _ = translator(request)
     organization, sending_facility = organization.strip(), sending_facility.strip()
     identifiers: dict[str, str] = {}
     for line in authorities.splitlines():
@@ -139,7 +141,9 @@ async def add_feed(
             continue
         key, sep, value = line.partition("=")
         if not sep or not key.strip() or not value.strip():
-            return await _page(request, user, f"“{line.strip()}” 应写作 发证机构=标识系统。")
+            return await _page(
+                request, user, _("“{line}” 应写作 发证机构=标识系统。", line=line.strip())
+            )
         identifiers[key.strip()] = value.strip()
     default_id = re.sub(r"[^A-Za-z0-9\-.]+", "-", f"{organization}-{sending_facility}").strip("-")
     try:
@@ -155,12 +159,16 @@ async def add_feed(
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
-        return await _page(request, user, f"数据源配置无效：{problems}")
+        return await _page(request, user, _("数据源配置无效：{problems}", problems=problems))
     async with hub.database.connection() as connection:
         if not await ClientRegistry(connection).organization_exists(organization):
-            return await _page(request, user, f"没有机构 {organization}。")
+            return await _page(
+                request, user, _("没有机构 {organization}。", organization=organization)
+            )
     if any(f.feed == feed.feed and source == "file" for f, source in await hub.ingest.feeds.all()):
-        return await _page(request, user, f"数据源 {feed.feed} 由配置文件定义，请修改该文件。")
+        return await _page(
+            request, user, _("数据源 {feed} 由配置文件定义，请修改该文件。", feed=feed.feed)
+        )
     async with audited(request, user.principal, "feeds-add", "C") as audit:
         audit.entities.append(f"feed/{feed.feed}")
         await hub.ingest.feeds.register(feed)

@@ -27,7 +27,7 @@ from hub.recognition.statistics import (
 from hub.security import policy
 from hub.web import charts
 from hub.web.dependencies import web_hub
-from hub.web.i18n import request_lang, translate
+from hub.web.i18n import request_lang, translate, translator
 from hub.web.pages.operator.admin import AdminUser, organization_names
 from hub.web.rendering import render
 
@@ -84,11 +84,15 @@ class Filters:
         )
 
 
+class UnreadableDate(ValueError):
+    """A filter's date that cannot be read (its text as typed)."""
+
+
 def _instant(text: str, zone: Any) -> datetime:
     try:
         return parse_range(text, zone)[0]
     except (DateFormatError, ValueError):
-        raise HTTPException(400, f"日期 {text} 无法识别（应为 2025-01-31 这样的日期）。") from None
+        raise UnreadableDate(text) from None
 
 
 async def _figures(
@@ -98,7 +102,13 @@ async def _figures(
     policy.require_recognition(user.principal, "statistics")
     reasons = list(hub.recognition.decline_reasons)
     zone, timezone = hub.recognition.zone, hub.settings.default_timezone
-    queries = {name: filters.query(name, zone, timezone) for name in tables}
+    try:
+        queries = {name: filters.query(name, zone, timezone) for name in tables}
+    except UnreadableDate as error:
+        message = translator(request)(
+            "日期 {date} 无法识别（应为 2025-01-31 这样的日期）。", date=error.args[0]
+        )
+        raise HTTPException(400, message) from None
     async with (
         audited(request, user.principal, "recognition:statistics", "R"),
         hub.database.connection() as connection,
@@ -210,7 +220,7 @@ async def dashboard(request: Request, user: AdminUser) -> Response:
 async def export(request: Request, user: AdminUser, table: str = "trend") -> Response:
     """One table of the dashboard as CSV (the same columns as the API's CSV)."""
     if table not in TABLES:
-        raise HTTPException(404, f"没有统计表 {table}。")
+        raise HTTPException(404, translator(request)("没有统计表 {table}。", table=table))
     hub = web_hub(request)
     filters = Filters.of(request)
     rows = (await _figures(request, user, filters, (table,)))[table]

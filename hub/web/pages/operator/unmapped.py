@@ -19,6 +19,7 @@ from hub.api.dependencies import audited
 from hub.ingest.codemaps import CodeTarget, concept_map
 from hub.recognition.repository import RecognitionRepository
 from hub.web.dependencies import web_hub
+from hub.web.i18n import translator
 from hub.web.pages.operator.admin import AdminUser, notice, organization_names
 from hub.web.rendering import render
 
@@ -80,15 +81,16 @@ async def map_code(
     loinc, unit, catalogue = loinc.strip(), unit.strip(), catalogue.strip()
     failed = {"local_code": local_code, "loinc": loinc, "display": display, "unit": unit}
     problem = None
+    _ = translator(request)
     if not LOINC_CODE.match(loinc):
-        problem = f"“{loinc}” 不是 LOINC 编码（形如 2345-7）。"
+        problem = _("“{code}” 不是 LOINC 编码（形如 2345-7）。", code=loinc)
     elif unit and not UCUM_UNIT.match(unit):
-        problem = f"“{unit}” 不是 UCUM 单位代码（如 mmol/L、10*9/L）。"
+        problem = _("“{unit}” 不是 UCUM 单位代码（如 mmol/L、10*9/L）。", unit=unit)
     if catalogue and problem is None:
         async with hub.database.connection() as connection:
             current = await hub.recognition.catalogue(RecognitionRepository(connection))
         if catalogue not in current.items:
-            problem = f"互认目录中没有项目 {catalogue}。"
+            problem = _("互认目录中没有项目 {item}。", item=catalogue)
     if problem:
         return await _page(request, user, organization, problem, failed)
     target = CodeTarget(loinc, display.strip(), unit or None, catalogue or None)
