@@ -30,6 +30,7 @@ PAGE_MODULES = (
     "hub.web.pages.operator",
     "hub.web.pages.access",
     "hub.web.pages.launch",
+    "hub.web.pages.account",
 )
 
 
