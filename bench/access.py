@@ -38,6 +38,7 @@ Usage::
 
     python -m bench.access                              # 2,000 people, ~2.5 minutes
     python -m bench.access --patients 500 --duration 2  # quicker
+    python -m bench.access --explain                    # and where a filtered search's time goes
 
 The exit status is 0 whether or not the figures are good (this is a measurement); 1 when more
 than 1% of the measured requests failed or nothing was measured; 2 on a usage or setup error.
@@ -512,6 +513,73 @@ def print_grants(results: list[tuple[str, int, PhaseResult]]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Where a filtered read's time goes (--explain)
+# --------------------------------------------------------------------------------------------
+
+
+class StatementRecorder:
+    """A stand-in connection for a repository: sends each statement on and records it."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        self.statements.append((query, args))
+        return list(await self.connection.fetch(query, *args))
+
+
+async def explain_filter(own: OwnHub, clients: dict[str, tuple[str, str]], search: str) -> None:
+    """For each doctor and the consultant: the time of the two steps the purpose filter adds
+    to a search — finding the caller's live grants (``AccessService.access``) and the filtered
+    search statement — built by the hub's own code, and the statement's EXPLAIN ANALYZE."""
+    import asyncpg
+
+    from hub.runtime import Hub
+    from hub.security.principals import ClientKind, Principal
+    from hub.settings import load_settings
+    from hub.storage.resources import ResourceRepository
+
+    if own.database_url is None or own.data_dir is None:
+        print("  (needs the hub's database on PostgreSQL: see --pg-admin-url)")
+        return
+    hub = Hub.build(load_settings(database_url=own.database_url, data_dir=own.data_dir))
+    patient = search.rsplit("Patient/", 1)[1]
+    request = hub.records._parse("Observation", [("patient", f"Patient/{patient}")], False)
+    connection = await asyncpg.connect(own.database_url)
+    try:
+        for reader in READERS[1:]:
+            kind = ClientKind.CONSULTANT if reader == "consultant" else ClientKind.DOCTOR
+            organization = await connection.fetchval(
+                "SELECT organization FROM api_client WHERE client_id = $1", clients[reader][0]
+            )
+            principal = Principal(clients[reader][0], reader, kind, organization, frozenset())
+            started = time.perf_counter()
+            for _ in range(20):
+                access = await hub.records.access.access(connection, principal)
+            finding = (time.perf_counter() - started) / 20 * 1000
+
+            recorder = StatementRecorder(connection)
+            await ResourceRepository(recorder).search(request, access.filter)  # type: ignore[arg-type]
+            query, args = recorder.statements[-1]
+            started = time.perf_counter()
+            for _ in range(20):
+                await connection.fetch(query, *args)
+            searching = (time.perf_counter() - started) / 20 * 1000
+            plan = [r[0] for r in await connection.fetch("EXPLAIN (ANALYZE) " + query, *args)]
+            subplans = sum(1 for line in plan if line.strip().startswith("SubPlan"))
+            scopes = len(access.filter.scopes or ())
+            print(
+                f"  {reader}: {len(access.grants)} live grant(s), {scopes} scope(s); finding "
+                f"them {finding:.2f} ms; the filtered search statement {searching:.2f} ms "
+                f"({subplans} subplan(s); {plan[-2].strip()}; {plan[-1].strip()})"
+            )
+    finally:
+        await connection.close()
+        await hub.database.dispose()
+
+
+# --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
 
@@ -536,12 +604,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--callers", type=int, default=8, help="concurrent callers besides 1 (default 8)"
     )
-    parser.add_argument("--duration", type=float, default=3.0, help="measured s per phase")
+    parser.add_argument("--duration", type=float, default=2.5, help="measured s per phase")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured s per phase")
     parser.add_argument("--workers", type=int, default=2, help="hub worker processes")
     parser.add_argument("--load-connections", type=int, default=8, help="for loading the data")
     parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also time the filter's two steps and EXPLAIN ANALYZE the filtered search",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and keys")
     args = parser.parse_args(argv)
     for name in ("patients", "linked_every", "busy_grants", "callers", "workers"):
@@ -685,6 +758,13 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_reads(reads, setup.entries, concurrencies)
         print_grants(grants)
+        if args.explain:
+            print()
+            print(
+                "where a filtered search's time goes (Observation?patient=…, in-process, the "
+                "hub's own code and SQL; 20 runs each):"
+            )
+            asyncio.run(explain_filter(own, clients, setup.paths["search"]))
         problems, excerpt = own.server_log_problems()
         if problems:
             print(f"\nserver log: {problems} traceback/ERROR lines; first:\n{excerpt}")
