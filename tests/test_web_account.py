@@ -51,9 +51,11 @@ def wrong_code(secret: str) -> str:
     return next(code for code in ("000000", "111111", "222222", "333333") if code not in near)
 
 
-def confirm(browser: Browser, code: str) -> httpx.Response:
+def confirm(browser: Browser, code: str, password: str = PASSWORD) -> httpx.Response:
     token = browser.csrf("/account/totp/setup")
-    return browser.post("/account/totp/confirm", data={"code": code, "csrf_token": token})
+    return browser.post(
+        "/account/totp/confirm", data={"code": code, "password": password, "csrf_token": token}
+    )
 
 
 def stored(hub: HubUnderTest, username: str) -> tuple[bool, str | None]:
@@ -117,6 +119,9 @@ def test_a_wrong_code_leaves_totp_off(hub: HubUnderTest) -> None:
     assert Browser(hub.base_url).login(username).headers["location"] == "/"
     malformed = confirm(browser, "12ab")
     assert malformed.status_code == 422 and stored(hub, username)[0] is False
+    # A right code without the account's password (a session left open) is not enough.
+    no_password = confirm(browser, totp.code_at(secret, time.time()), password="not-the-password")
+    assert no_password.status_code == 403 and stored(hub, username)[0] is False
 
 
 def test_disable_needs_the_current_password(hub: HubUnderTest) -> None:

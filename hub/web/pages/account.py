@@ -4,7 +4,7 @@ Turning it on takes two steps. A new secret is stored sealed but not yet require
 ``yijian users totp --enable`` seals it) and shown with its ``otpauth://`` URI for an
 authenticator app; only a right code from that app turns it on, so nobody locks themselves
 out with a secret their app does not hold. The confirming code's step is then used, so it
-cannot also serve a login. Turning it off asks for the current password (a session left open
+cannot also serve a login. Turning it on or off asks for the current password (a session left open
 is not enough to drop the second factor). Every change is audited like the CLI's
 (``web-user-totp``, the account as the entity).
 """
@@ -128,13 +128,29 @@ async def setup_page(request: Request, user: CurrentUser) -> Response:
 
 @router.post("/account/totp/confirm")
 async def confirm(
-    request: Request, user: CurrentUser, code: Annotated[str, Form(max_length=12)]
+    request: Request,
+    user: CurrentUser,
+    code: Annotated[str, Form(max_length=12)],
+    password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
-    """A right code from the app turns TOTP on (and its step counts as used)."""
+    """A right code from the app, and the current password (a session left open must not let
+    someone else bind the account to their own authenticator), turn TOTP on; the code's step
+    counts as used."""
     account = await _account(request, user)
     secret = _pending_secret(request, account)
     if secret is None:
         return RedirectResponse(ACCOUNT, status_code=303)
+    if account.password_hash is not None:
+        async with web_hub(request).database.connection() as conn:
+            now = await conn.fetchval("SELECT now()")
+            stored = None if account.locked(now) else account.password_hash
+            if not await verify_password(password, stored):
+                if not account.locked(now):
+                    await AccountRepository(conn).record_failure(account.username)
+                await _audit(request, user, 403, "TOTP not turned on: wrong password")
+                return _page(
+                    request, account, secret=secret, error=PASSWORD_REFUSED, status_code=403
+                )
     step = matching_step(secret, code)
     if step is None:
         await _audit(request, user, 422, "TOTP not turned on: wrong code")
