@@ -7,12 +7,13 @@ calls on ``ImagingService`` (receive), ``imaging.qido`` (search and lookups) and
 ``imaging.multipart``. Files are served exactly as stored and read in chunks, never whole.
 
 Access: every request carries the hub's bearer token. Reading needs ``ImagingStudy`` read
-rights, and ``readable_organization`` — the one place that decides which studies a caller
-sees — limits a hospital to the studies it sent (the policy's owned-only rule, as for FHIR);
-a study the caller may not see is answered exactly like one that does not exist (404, or no
-QIDO match). Storing needs ``ImagingStudy`` create rights and a hospital client: instances
-are stored as that hospital's. Every request is audited like a FHIR interaction, naming
-the study's Patient and ImagingStudy when known.
+rights; ``readable_organization`` limits a hospital to the studies it sent (the policy's
+owned-only rule, as for FHIR), and ``purpose_filter``/``require_purpose`` limit a doctor or
+consultant to studies whose ImagingStudy their purposes of use cover (``hub.access``, the same
+filter as FHIR reads); a study the caller may not see is answered exactly like one that does
+not exist (404, or no QIDO match). Storing needs ``ImagingStudy`` create rights and a
+hospital client: instances are stored as that hospital's. Every request is audited like a
+FHIR interaction, naming the study's Patient and ImagingStudy when known.
 
 Choices worth knowing (PS3.18 leaves them open, or this hub narrows them):
 
@@ -136,8 +137,8 @@ def readable_organization(principal: Principal, permission: str = scopes.READ) -
     (doctors, admins). 403 for a client that may not read (``permission``: r, or s for a
     search) ImagingStudy at all.
 
-    The one place that decides study visibility for DICOMweb; purpose-of-use rules narrow it
-    here."""
+    With ``purpose_filter``/``require_purpose`` (a doctor's or consultant's purposes of use),
+    the places that decide study visibility for DICOMweb."""
     policy.require(principal, "ImagingStudy", permission)
     if "ImagingStudy" in policy.rules(principal).owned_only:
         return principal.organization
