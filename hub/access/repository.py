@@ -10,18 +10,26 @@ from typing import Any
 import asyncpg
 import orjson
 
+# Each grant with its person's records. ``patient_group`` in FROM (not in an ARRAY(SELECT …)
+# per row) is inlined by PostgreSQL into one plan for all grants: a doctor with 50 grants is
+# one set of joins on patient_link, not 50 separate calls.
 _LIVE = """
-SELECT 'grant' AS source, g.id, g.purpose, g.patient_id, NULL::text[] AS items,
-       NULL::timestamptz AS period_start, NULL::timestamptz AS period_end, g.expires_at,
-       ARRAY(SELECT patient_group(ARRAY[g.patient_id])) AS ids
-FROM access_grant g
-WHERE g.client_id = $1 AND g.revoked_at IS NULL AND g.expires_at > now()
-UNION ALL
-SELECT 'consult', c.id, 'consult', c.patient_id,
-       c.items, c.period_start, c.period_end, c.expires_at,
-       ARRAY(SELECT patient_group(ARRAY[c.patient_id]))
-FROM consult c
-WHERE c.consultant = $1 AND c.revoked_at IS NULL AND c.expires_at > now()
+SELECT l.source, l.id, l.purpose, l.patient_id, l.items, l.period_start, l.period_end,
+       l.expires_at, array_agg(DISTINCT m.id) AS ids
+FROM (
+    SELECT 'grant' AS source, g.id, g.purpose, g.patient_id, NULL::text[] AS items,
+           NULL::timestamptz AS period_start, NULL::timestamptz AS period_end, g.expires_at
+    FROM access_grant g
+    WHERE g.client_id = $1 AND g.revoked_at IS NULL AND g.expires_at > now()
+    UNION ALL
+    SELECT 'consult', c.id, 'consult', c.patient_id, c.items, c.period_start, c.period_end,
+           c.expires_at
+    FROM consult c
+    WHERE c.consultant = $1 AND c.revoked_at IS NULL AND c.expires_at > now()
+) AS l
+CROSS JOIN LATERAL patient_group(ARRAY[l.patient_id]) AS m(id)
+GROUP BY l.source, l.id, l.purpose, l.patient_id, l.items, l.period_start, l.period_end,
+         l.expires_at
 """
 
 # The consult's own FHIR resources (request, consent, reply) are always within its scope.
