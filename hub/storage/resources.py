@@ -584,14 +584,20 @@ class ResourceRepository:
         sql = Sql()
         member_types, member_params = zip(*members, strict=True) if members else ((), ())
         ids = sql.add(patient_ids)
-        where = [
-            "NOT r.deleted",
-            f"r.res_type = ANY({sql.add(types)}::text[])",
-            f"((r.res_type = 'Patient' AND r.res_id = ANY({ids}::text[])) OR r.pk IN (SELECT x.pk "
+        # The compartment's members first (a small set, by the reference index), then their
+        # rows: an OR of the two inside the WHERE made PostgreSQL walk the whole resource
+        # table in pk order for ORDER BY pk LIMIT.
+        members_cte = (
+            f"WITH member AS MATERIALIZED (SELECT p.pk FROM resource p WHERE p.res_type = "
+            f"'Patient' AND p.res_id = ANY({ids}::text[]) UNION SELECT x.pk "
             f"FROM idx_reference x JOIN unnest({sql.add(list(member_types))}::text[], "
             f"{sql.add(list(member_params))}::text[]) AS m(t, p) "
             f"ON x.res_type = m.t AND x.param = m.p "
-            f"WHERE x.target_type = 'Patient' AND x.target_id = ANY({ids}::text[])))",
+            f"WHERE x.target_type = 'Patient' AND x.target_id = ANY({ids}::text[])) "
+        )
+        where = [
+            "NOT r.deleted",
+            f"r.res_type = ANY({sql.add(types)}::text[])",
             access.sql(sql, "r"),
         ]
         if since:
@@ -610,7 +616,8 @@ class ResourceRepository:
         if cursor is not None:
             where.append(f"r.pk > {sql.add(cursor.pk)}")
         query = (
-            f"SELECT {RESOURCE_COLUMNS.replace('pk,', 'r.pk,')} FROM resource r "
+            f"{members_cte}SELECT {RESOURCE_COLUMNS.replace('pk,', 'r.pk,')} "
+            f"FROM member JOIN resource r ON r.pk = member.pk "
             f"WHERE {' AND '.join(where)} ORDER BY r.pk LIMIT {sql.add(count + 1)}"
         )
         records = await self.connection.fetch(query, *sql.params)
