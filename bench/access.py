@@ -70,6 +70,7 @@ from bench._harness import (
     LoadProcesses,
     OwnHub,
     SetupError,
+    admin_sql,
     cpu_calibration,
     free_port,
     percentile,
@@ -681,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
         linked = sum(1 for b in at_b if b is not None)
         load_seconds = time.monotonic() - began
         print(f"  {args.patients + linked:,} bundles in {load_seconds:.0f} s", flush=True)
+        # Planner statistics as autovacuum would have them in a running hub (a freshly loaded
+        # database has none: the admin's $everything took ~130 ms on scans before this).
+        admin_sql(own.database_url, "ANALYZE")
         setup = asyncio.run(give_purposes(own.base_url, clients, at_a, at_b, args.busy_grants))
 
         concurrencies = sorted({1, args.callers})
