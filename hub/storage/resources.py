@@ -494,10 +494,14 @@ class ResourceRepository:
     ) -> list[StoredResource]:
         """Every resource referenced by the given ones (for ``$everything``)."""
         sql = Sql()
+        # The targets first (few, by the pk index of idx_reference), then their rows by the
+        # (res_type, res_id) index, then the caller's filter on those rows alone.
         query = (
-            f"SELECT {RESOURCE_COLUMNS} FROM resource t WHERE NOT t.deleted AND "
-            f"(t.res_type, t.res_id) IN (SELECT x.target_type, x.target_id FROM idx_reference x "
+            f"WITH target AS MATERIALIZED (SELECT DISTINCT t.pk FROM idx_reference x "
+            f"JOIN resource t ON t.res_type = x.target_type AND t.res_id = x.target_id "
             f"WHERE x.pk = ANY({sql.add(source_pks)}::bigint[]) AND x.target_type IS NOT NULL) "
+            f"SELECT {RESOURCE_COLUMNS.replace('pk,', 't.pk,')} FROM target "
+            f"JOIN resource t ON t.pk = target.pk WHERE NOT t.deleted "
             f"AND t.pk <> ALL({sql.add(source_pks)}::bigint[]) AND {access.sql(sql, 't')} "
             f"LIMIT {sql.add(limit)}"
         )
