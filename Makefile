@@ -42,6 +42,11 @@ ASSETS  := $(WEB)/static/vendor/manifest.json
 assets: $(ASSETS)
 
 $(ASSETS): $(WEB)/package-lock.json $(WEB)/package.json $(WEB)/build_assets.mjs
+	@if ! { command -v npm && command -v node; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian nodejs and npm to build the web assets"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends nodejs npm; } >/dev/null 2>&1 || true; \
+	fi
 	@command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
 	  echo "error: npm and node are needed to build the web assets (the DICOM viewer, htmx);" \
 	       "install Node.js >= 18 with npm (Debian: apt-get install nodejs npm)" >&2; \
