@@ -77,6 +77,10 @@ def people(hub: HubUnderTest) -> dict[str, str]:
 
 @pytest.fixture
 def record(hospital_a: Client, hospital_b: Client) -> dict[str, str]:
+    return person_at_a_and_b(hospital_a, hospital_b)
+
+
+def person_at_a_and_b(hospital_a: Client, hospital_b: Client) -> dict[str, str]:
     """A person registered at A (a low haemoglobin and another result) and at B."""
     someone = person(fresh_people())
     pid_a = create(hospital_a, source(someone, hospital_a.organization))

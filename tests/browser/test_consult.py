@@ -14,31 +14,20 @@ import pytest
 
 from tests.browser.conftest import off_the_test_thread
 from tests.conftest import Client, HubUnderTest
-from tests.identity_support import create, fresh_people, person, result_for, source
-from tests.test_consult_pages import INTERPRETATION, add_user, db
+from tests.test_consult_pages import add_user, db, person_at_a_and_b
 from tests.test_web_auth import PASSWORD
 
 
 @pytest.fixture(scope="module")
 def scene(hub: HubUnderTest, hospital_a: Client, hospital_b: Client) -> dict[str, str]:
     """A doctor at B, a consultant at A, and a person registered at both with two results."""
-    someone = person(fresh_people())
-    pid_a = create(hospital_a, source(someone, hospital_a.organization))
-    pid_b = create(hospital_b, source(someone, hospital_b.organization))
-    shared = result_for(
-        hospital_a,
-        pid_a,
-        valueQuantity={"value": 9.8, "unit": "g/dL", "system": "http://unitsofmeasure.org"},
-        referenceRange=[{"low": {"value": 11.5}, "high": {"value": 15.0}}],
-        interpretation=[{"coding": [{"system": INTERPRETATION, "code": "L"}]}],
-    )
-    other = result_for(hospital_a, pid_a, code="2345-7", value=77.7)
+    record = person_at_a_and_b(hospital_a, hospital_b)
     return {
         "doctor": add_user(hub, "doctor", hub.org_b, "李医生"),
         "consultant": add_user(hub, "consultant", hub.org_a, "张专家"),
-        "patient": pid_b,
-        "shared": shared,
-        "other": other,
+        "patient": record["b"],
+        "shared": record["shared"],
+        "other": record["other"],
     }
 
 
